@@ -1,0 +1,3 @@
+from fedtorch.cli import main
+
+main()

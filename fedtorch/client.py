@@ -1,0 +1,174 @@
+"""The client side: local training of the global model on one client's data.
+
+`LocalTrainer.train` loads the global weights into a reused model (one `copy_`, no deepcopy),
+runs local epochs of minibatch SGD with a fresh optimizer, lets the strategy's `ClientHooks`
+adjust gradients (FedProx's proximal term, SCAFFOLD's control variates, ...), and returns the
+change of the weights as one flat vector in a `ClientUpdate`. The client's data is a tensor of
+indices into the device-resident train tensors, so a batch is an index gather.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedtorch.params import FlatModel
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+@dataclass
+class ClientUpdate:
+    """What one client sends back after local training.
+
+    Attributes:
+        client_id: the client's index in the federation.
+        delta: local weights minus the global weights it started from (flat vector).
+        num_samples: size of the client's training set (FedAvg's weight).
+        num_steps: local optimizer steps taken (FedNova normalizes by it).
+        metrics: training statistics as 0-d tensors (no host sync inside the loop):
+            `loss_sum` and, for classification, `correct`, both summed over `samples_seen`.
+        extra: strategy-specific payload (e.g. SCAFFOLD's control-variate change).
+    """
+
+    client_id: int
+    delta: Tensor
+    num_samples: int
+    num_steps: int
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+class ClientHooks:
+    """Client-side callbacks a strategy gives the trainer for one client in one round.
+
+    The default does nothing; strategies override what they need. `params` are the model's
+    parameters (views into the flat weight vector) and `global_params` the matching views of the
+    global weights the client started from.
+    """
+
+    def on_train_start(self, params: list[Tensor], global_params: list[Tensor]) -> None:
+        """Called once the global weights are loaded, before the first step."""
+
+    def after_backward(self, params: list[Tensor], grads: list[Tensor], global_params: list[Tensor]) -> None:
+        """Adjust the gradients in place before the optimizer step."""
+
+    def on_train_end(self, update: ClientUpdate) -> None:
+        """Inspect or extend the update (e.g. attach control variates to `update.extra`)."""
+
+
+def default_loss(num_classes: int | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Cross-entropy for classification, mean squared error for regression."""
+    return F.cross_entropy if num_classes is not None else F.mse_loss
+
+
+class LocalTrainer:
+    """Local epochs of minibatch training on one client.
+
+    Args:
+        optimizer: a factory `optimizer(params, lr=...)`, e.g. `functools.partial(torch.optim.SGD,
+            momentum=0.9)`; a fresh optimizer is made for every client (the usual FL semantics:
+            clients keep no optimizer state between rounds).
+        lr: the client learning rate.
+        epochs: passes over the client's data per round (McMahan et al.'s E).
+        batch_size: minibatch size (B); the last batch of an epoch may be smaller. `-1` means the
+            client's whole dataset (full-batch gradient descent).
+        max_steps: optional cap on local steps (a fixed-step budget instead of epochs).
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerFactory | None = None,
+        lr: float = 0.01,
+        epochs: int = 1,
+        batch_size: int = 10,
+        max_steps: int | None = None,
+    ) -> None:
+        self.optimizer = optimizer if optimizer is not None else torch.optim.SGD
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.max_steps = max_steps
+
+    def num_steps(self, num_samples: int, max_steps: int | None = None) -> int:
+        """Local steps for a client with `num_samples` samples (a closed form, for FedNova and tests)."""
+        batch = num_samples if self.batch_size == -1 else self.batch_size
+        steps = self.epochs * -(-num_samples // batch)
+        for cap in (self.max_steps, max_steps):
+            if cap is not None:
+                steps = min(steps, cap)
+        return steps
+
+    def train(
+        self,
+        flat: FlatModel,
+        global_vector: Tensor,
+        x: Tensor,
+        y: Tensor,
+        indices: Tensor,
+        generator: torch.Generator,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        client_id: int = 0,
+        hooks: ClientHooks | None = None,
+        max_steps: int | None = None,
+    ) -> ClientUpdate:
+        """Train `flat`'s module from `global_vector` on the samples `x[indices]`, `y[indices]`.
+
+        `generator` (a CPU generator seeded from (seed, round, client)) orders the batches, so
+        the batch sequence does not depend on the device or on which process trains the client.
+        `max_steps` lets a sampler make this client a straggler that does only part of its work.
+        """
+        hooks = hooks or ClientHooks()
+        model: nn.Module = flat.module
+        flat.load(global_vector)
+        params = flat.params
+        global_params = flat.layout.split(global_vector)[: len(params)]
+        optimizer = self.optimizer(params, lr=self.lr)
+        model.train()
+        hooks.on_train_start(params, global_params)
+
+        n = len(indices)
+        batch = n if self.batch_size == -1 else self.batch_size
+        budget = self.num_steps(n, max_steps)
+        classify = y.dtype == torch.int64
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.int64)
+        seen = 0
+        steps = 0
+        while steps < budget:  # one pass of this loop is one epoch
+            order = indices[torch.randperm(n, generator=generator).to(indices.device)]
+            for start in range(0, n, batch):
+                if steps == budget:
+                    break
+                batch_ix = order[start : start + batch]
+                xb, yb = x[batch_ix], y[batch_ix]
+                out = model(xb)
+                loss = loss_fn(out, yb)
+                optimizer.zero_grad()
+                loss.backward()
+                grads = [p.grad for p in params]
+                hooks.after_backward(params, grads, global_params)
+                optimizer.step()
+                steps += 1
+                count = len(batch_ix)
+                seen += count
+                loss_sum += loss.detach() * count
+                if classify:
+                    correct += (out.detach().argmax(-1) == yb).sum()
+
+        metrics = {"loss_sum": loss_sum, "samples_seen": torch.tensor(seen)}
+        if classify:
+            metrics["correct"] = correct
+        update = ClientUpdate(
+            client_id=client_id,
+            delta=flat.vector - global_vector,
+            num_samples=n,
+            num_steps=steps,
+            metrics=metrics,
+        )
+        hooks.on_train_end(update)
+        return update

@@ -1,0 +1,146 @@
+"""The two data containers of fedtorch.
+
+`DatasetSplits` is what a dataset loader returns: a centralized train and test set as tensors,
+plus the natural client id of every sample where the data has one (a LEAF user, a hospital, a
+speaking role). `FederatedDataset` is that data after a partitioner has split the train set
+across clients: the tensors stay whole (one tensor per field, moved to the device once) and a
+client is a tensor of sample indices, so a client batch is an index gather, not a DataLoader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class DatasetSplits:
+    """A centralized dataset: what every loader in `fedtorch.data` returns.
+
+    Attributes:
+        name: short name used in logs ("mnist", "fed_heart_disease", ...).
+        train_x, train_y: training inputs and targets; dimension 0 indexes samples.
+        test_x, test_y: the central held-out test set.
+        num_classes: number of classes for classification; None for regression targets.
+        train_groups: natural client id (0..K-1) of every training sample, or None.
+        test_groups: natural client id of every test sample (per-client test splits), or None.
+        group_names: optional human-readable name per natural client (e.g. hospital names).
+    """
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int | None
+    train_groups: np.ndarray | None = None
+    test_groups: np.ndarray | None = None
+    group_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.train_x) != len(self.train_y):
+            raise ValueError(f"{self.name}: train_x has {len(self.train_x)} rows, train_y {len(self.train_y)}")
+        if len(self.test_x) != len(self.test_y):
+            raise ValueError(f"{self.name}: test_x has {len(self.test_x)} rows, test_y {len(self.test_y)}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample (without the batch dimension)."""
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def is_classification(self) -> bool:
+        return self.num_classes is not None
+
+    def train_labels(self) -> np.ndarray:
+        """Train targets as a numpy array, for partitioners (labels for classification)."""
+        return self.train_y.detach().cpu().numpy()
+
+
+@dataclass
+class FederatedDataset:
+    """Train data split across clients, plus the central test set.
+
+    `client_indices[k]` holds the indices (into `train_x`/`train_y`) of client k's samples;
+    `client_test_indices[k]`, when present, indexes client k's own test split in `test_x`.
+    """
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int | None
+    client_indices: list[Tensor]
+    client_test_indices: list[Tensor] | None = None
+    client_names: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_partition(
+        cls,
+        data: DatasetSplits,
+        partition: list[np.ndarray],
+        client_test_partition: list[np.ndarray] | None = None,
+        client_names: list[str] | None = None,
+    ) -> FederatedDataset:
+        """Build a federation from a loader's splits and a partition of its train indices."""
+        to_tensor = [torch.as_tensor(np.asarray(p, dtype=np.int64)) for p in partition]
+        test = None
+        if client_test_partition is not None:
+            test = [torch.as_tensor(np.asarray(p, dtype=np.int64)) for p in client_test_partition]
+        return cls(
+            name=data.name,
+            train_x=data.train_x,
+            train_y=data.train_y,
+            test_x=data.test_x,
+            test_y=data.test_y,
+            num_classes=data.num_classes,
+            client_indices=to_tensor,
+            client_test_indices=test,
+            client_names=client_names,
+        )
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_indices)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def is_classification(self) -> bool:
+        return self.num_classes is not None
+
+    def client_sizes(self) -> np.ndarray:
+        """Number of training samples of every client."""
+        return np.array([len(ix) for ix in self.client_indices], dtype=np.int64)
+
+    def to(self, device: torch.device | str) -> FederatedDataset:
+        """Move every tensor to `device` once; clients then index into device memory."""
+        move = lambda t: t.to(device)  # noqa: E731
+        return replace(
+            self,
+            train_x=move(self.train_x),
+            train_y=move(self.train_y),
+            test_x=move(self.test_x),
+            test_y=move(self.test_y),
+            client_indices=[move(ix) for ix in self.client_indices],
+            client_test_indices=(
+                None if self.client_test_indices is None else [move(ix) for ix in self.client_test_indices]
+            ),
+        )
+
+    def label_counts(self) -> np.ndarray:
+        """(num_clients, num_classes) matrix of per-client label counts (classification only)."""
+        if self.num_classes is None:
+            raise ValueError("label_counts() needs a classification dataset")
+        labels = self.train_y.detach().cpu().numpy()
+        counts = np.zeros((self.num_clients, self.num_classes), dtype=np.int64)
+        for k, ix in enumerate(self.client_indices):
+            counts[k] = np.bincount(labels[ix.cpu().numpy()], minlength=self.num_classes)
+        return counts

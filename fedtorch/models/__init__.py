@@ -1,0 +1,11 @@
+"""Plain `nn.Module`s used in FL papers.
+
+Convention: every model is built as `Model(input_shape=..., num_classes=..., **options)`, where
+`input_shape` (one sample, no batch dimension) and `num_classes` (None for regression) come from
+the dataset at run time, so a model config only holds the model's own options.
+"""
+
+from fedtorch.models.linear import LinearRegression, LogisticRegression
+from fedtorch.models.mlp import MLP
+
+__all__ = ["LinearRegression", "LogisticRegression", "MLP"]

@@ -1,0 +1,227 @@
+"""The server's round loop: sample -> local training -> aggregate -> evaluate -> callbacks.
+
+`Simulation` owns the global weights (one flat vector), a single worker model whose parameters
+are views into its own flat vector (loaded in place for every client: no deepcopy), and the
+random streams, all derived from the root seed. The loop itself does no logging: callbacks do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fedtorch.client import ClientUpdate, LocalTrainer, default_loss
+from fedtorch.data.base import FederatedDataset
+from fedtorch.evaluation import evaluate
+from fedtorch.params import FlatModel
+from fedtorch.samplers import ClientSampler
+from fedtorch.seeding import derive_seed, numpy_rng, torch_generator
+from fedtorch.strategies.base import Strategy, UpdateTransform
+
+
+class Callback:
+    """Observer of a simulation: logging, progress, checkpoints, early stopping."""
+
+    def on_run_start(self, sim: Simulation) -> None:
+        pass
+
+    def on_round_end(self, sim: Simulation, round_idx: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_run_end(self, sim: Simulation, summary: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class RoundAccumulator:
+    """Training statistics of one round, summed as tensors (one host sync per round)."""
+
+    loss_sum: Tensor
+    correct: Tensor
+    samples: int = 0
+    steps: int = 0
+    clients: int = 0
+
+    def add(self, update: ClientUpdate) -> None:
+        self.loss_sum += update.metrics["loss_sum"].to(self.loss_sum)
+        if "correct" in update.metrics:
+            self.correct += update.metrics["correct"].to(self.correct)
+        self.samples += int(update.metrics["samples_seen"])
+        self.steps += update.num_steps
+        self.clients += 1
+
+
+@dataclass
+class SimulationState:
+    """What a simulation carries between rounds (and what a checkpoint must hold)."""
+
+    round: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Simulation:
+    """One federated experiment.
+
+    Args:
+        federation: the clients' data and the central test set.
+        model: a freshly built module; it becomes the worker and evaluation model.
+        strategy: server logic (aggregation, server optimizer, client hooks).
+        sampler: which clients take part in each round.
+        trainer: local training on one client.
+        rounds: number of communication rounds.
+        seed: the root seed from which every random stream is derived.
+        device: where the model and the (resident) data live.
+        eval_every: evaluate the global model every this many rounds (and after the last).
+        backend: who trains the round's clients (sequential, vectorized, distributed); default
+            sequential.
+        transforms: update transforms (DP, compression, attacks) in the order they apply.
+        callbacks: observers (TensorBoard, metrics file, progress bar, ...).
+        loss_fn: training and evaluation loss; default from the task.
+    """
+
+    def __init__(
+        self,
+        federation: FederatedDataset,
+        model: nn.Module,
+        strategy: Strategy,
+        sampler: ClientSampler,
+        trainer: LocalTrainer,
+        rounds: int,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        eval_every: int = 1,
+        backend: Any = None,
+        transforms: Sequence[UpdateTransform] = (),
+        callbacks: Sequence[Callback] = (),
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.federation = federation.to(self.device)
+        self.model = model.to(self.device)
+        self.flat = FlatModel(self.model)
+        self.global_vector = self.flat.vector.detach().clone()
+        self.strategy = strategy
+        self.sampler = sampler
+        self.trainer = trainer
+        self.rounds = rounds
+        self.seed = seed
+        self.eval_every = eval_every
+        self.loss_fn = loss_fn or default_loss(federation.num_classes)
+        self.callbacks = list(callbacks)
+        self.state = SimulationState()
+        self.stop_reason: str | None = None
+
+        from fedtorch.backends.sequential import SequentialBackend  # local: backends import this module
+
+        self.backend = backend or SequentialBackend()
+        self.strategy.transforms = list(transforms)
+        self.sampler.setup(self.federation.client_sizes())
+        self.strategy.setup(self.global_vector, self.flat.layout, self.federation.num_clients)
+        self.backend.setup(self)
+
+    # -- one client, shared by every backend --------------------------------------------------
+    def train_client(self, round_idx: int, client_id: int, max_steps: int | None = None) -> ClientUpdate:
+        """Local training of `client_id` from the current global weights (not yet aggregated)."""
+        fed = self.federation
+        # Dropout and other stochastic layers draw from the global torch stream: pin it to
+        # (seed, round, client) so results do not depend on the order clients are trained in.
+        torch.manual_seed(derive_seed(self.seed, "client_torch", round_idx, client_id))
+        return self.trainer.train(
+            self.flat,
+            self.global_vector,
+            fed.train_x,
+            fed.train_y,
+            fed.client_indices[client_id],
+            torch_generator(self.seed, "batches", round_idx, client_id),
+            self.loss_fn,
+            client_id=client_id,
+            hooks=self.strategy.client_hooks(round_idx, client_id),
+            max_steps=max_steps,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+    def sample_clients(self, round_idx: int) -> np.ndarray:
+        return self.sampler.sample(round_idx, numpy_rng(self.seed, "sampler", round_idx))
+
+    def run_round(self, round_idx: int) -> dict[str, float]:
+        """Run round `round_idx` (1-based) and return its metrics."""
+        start = time.perf_counter()
+        client_ids = self.sample_clients(round_idx)
+        self.strategy.begin_round(round_idx, client_ids)
+        stats = RoundAccumulator(
+            loss_sum=torch.zeros((), device=self.device, dtype=torch.float64),
+            correct=torch.zeros((), device=self.device, dtype=torch.int64),
+        )
+        self.backend.train_round(self, round_idx, client_ids, stats)
+        server_metrics = self.strategy.finish_round(round_idx)
+
+        metrics: dict[str, float] = {}
+        if stats.samples > 0:
+            metrics["train/loss"] = float(stats.loss_sum) / stats.samples
+            if self.federation.is_classification:
+                metrics["train/accuracy"] = float(stats.correct) / stats.samples
+        metrics["round/clients"] = float(stats.clients)
+        metrics["round/samples"] = float(stats.samples)
+        metrics["round/local_steps"] = float(stats.steps)
+        metrics.update({f"server/{k}": v for k, v in server_metrics.items()})
+        if round_idx % self.eval_every == 0 or round_idx == self.rounds:
+            metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+        metrics["round/seconds"] = time.perf_counter() - start
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy of the current global model on the central test set."""
+        self.flat.load(self.global_vector)
+        fed = self.federation
+        return evaluate(self.model, fed.test_x, fed.test_y, self.loss_fn)
+
+    def run(self) -> dict[str, Any]:
+        """Run the remaining rounds; returns the summary (final metrics and how it ran)."""
+        wall_start = time.perf_counter()
+        for callback in self.callbacks:
+            callback.on_run_start(self)
+        while self.state.round < self.rounds and self.stop_reason is None:
+            round_idx = self.state.round + 1
+            metrics = self.run_round(round_idx)
+            self.state.round = round_idx
+            self.state.history.append({"round": round_idx, **metrics})
+            if not all(math.isfinite(v) for v in metrics.values()) or not bool(
+                torch.isfinite(self.global_vector).all()
+            ):
+                self.stop_reason = "diverged"
+            for callback in self.callbacks:
+                callback.on_round_end(self, round_idx, metrics)
+        summary = self.summary(time.perf_counter() - wall_start)
+        for callback in self.callbacks:
+            callback.on_run_end(self, summary)
+        return summary
+
+    def summary(self, wall_seconds: float) -> dict[str, Any]:
+        """Final metrics (last evaluated values) and how the run ran."""
+        final: dict[str, float] = {}
+        for row in self.state.history:
+            final.update({k: v for k, v in row.items() if k != "round"})
+        return {
+            "metrics": final,
+            "rounds": self.state.round,
+            "wall_seconds": wall_seconds,
+            "device": str(self.device),
+            "backend": getattr(self.backend, "name", type(self.backend).__name__),
+            "world_size": getattr(self.backend, "world_size", 1),
+            "num_clients": self.federation.num_clients,
+            "num_parameters": self.flat.layout.num_params,
+            "diverged": self.stop_reason == "diverged",
+            "stop_reason": self.stop_reason,
+        }
+
+    def global_state_dict(self) -> dict[str, Tensor]:
+        """The global model as a `state_dict` (cloned, on the CPU)."""
+        self.flat.load(self.global_vector)
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
