@@ -47,4 +47,8 @@ def client_fairness(per_client: list[dict[str, float]], key: str = "accuracy") -
     if values.size == 0:
         return {}
     worst = np.sort(values)[: max(1, int(np.ceil(0.1 * len(values))))]
-    return {f"{key}_mean": float(values.mean()), f"{key}_std": float(values.std()), f"{key}_worst10": float(worst.mean())}
+    return {
+        f"{key}_mean": float(values.mean()),
+        f"{key}_std": float(values.std()),
+        f"{key}_worst10": float(worst.mean()),
+    }

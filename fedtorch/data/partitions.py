@@ -55,9 +55,7 @@ def dirichlet_partition(
     if alpha <= 0:
         raise ValueError(f"alpha={alpha} must be > 0")
     if num_clients < 1 or num_clients * min_size > n:
-        raise ValueError(
-            f"num_clients={num_clients} with min_size={min_size} needs <= {n} samples in total"
-        )
+        raise ValueError(f"num_clients={num_clients} with min_size={min_size} needs <= {n} samples in total")
     assignment = [[] for _ in range(num_clients)]
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
@@ -190,9 +188,7 @@ def quantity_skew_sizes(
     sizes are exact (no rounding drift) and nothing is ever redrawn.
     """
     if num_clients < 1 or num_clients * min_size > num_samples:
-        raise ValueError(
-            f"num_clients={num_clients} with min_size={min_size} needs <= {num_samples} samples in total"
-        )
+        raise ValueError(f"num_clients={num_clients} with min_size={min_size} needs <= {num_samples} samples in total")
     if distribution == "lognormal":
         if sigma < 0:
             raise ValueError(f"sigma={sigma} must be >= 0")
@@ -232,9 +228,7 @@ def quantity_skew_partition(
     return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
 
 
-def label_count_matrix(
-    partition: list[np.ndarray], labels: np.ndarray, num_classes: int | None = None
-) -> np.ndarray:
+def label_count_matrix(partition: list[np.ndarray], labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
     """(num_clients, num_classes) matrix: how many samples of each class every client holds."""
     labels = np.asarray(labels)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
