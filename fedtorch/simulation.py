@@ -177,10 +177,28 @@ class Simulation:
         return metrics
 
     def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy of the current global model on the central test set."""
+        """Loss and accuracy of the global model on the central test set, and, where clients have
+        their own test splits, the spread of per-client accuracy (mean, std, worst 10%)."""
         self.flat.load(self.global_vector)
         fed = self.federation
-        return evaluate(self.model, fed.test_x, fed.test_y, self.loss_fn)
+        groups = self._test_groups()
+        return evaluate(
+            self.model, fed.test_x, fed.test_y, self.loss_fn, groups=groups, num_groups=fed.num_clients
+        )
+
+    def _test_groups(self) -> Tensor | None:
+        """Client id of every central test sample, when the test set is the union of client splits."""
+        if not hasattr(self, "_test_group_cache"):
+            fed = self.federation
+            groups = None
+            if fed.client_test_indices is not None:
+                groups = torch.full((len(fed.test_y),), -1, dtype=torch.int64, device=self.device)
+                for k, ix in enumerate(fed.client_test_indices):
+                    groups[ix] = k
+                if bool((groups < 0).any()):
+                    groups = None  # some test samples belong to no client: no per-client view
+            self._test_group_cache = groups
+        return self._test_group_cache
 
     def run(self) -> dict[str, Any]:
         """Run the remaining rounds; returns the summary (final metrics and how it ran)."""

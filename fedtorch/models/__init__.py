@@ -5,7 +5,10 @@ Convention: every model is built as `Model(input_shape=..., num_classes=..., **o
 the dataset at run time, so a model config only holds the model's own options.
 """
 
+from fedtorch.models.cnn import CIFARCNN, CNN
 from fedtorch.models.linear import LinearRegression, LogisticRegression
+from fedtorch.models.lstm import CharLSTM
 from fedtorch.models.mlp import MLP
+from fedtorch.models.resnet import ResNet18GN
 
-__all__ = ["LinearRegression", "LogisticRegression", "MLP"]
+__all__ = ["CIFARCNN", "CNN", "CharLSTM", "LinearRegression", "LogisticRegression", "MLP", "ResNet18GN"]
