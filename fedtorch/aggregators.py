@@ -5,9 +5,22 @@ end of the round. The weighted mean streams (it keeps a running weighted sum, so
 O(model) however many clients a round has); reducers that need every update at once (median,
 Krum) keep the stack. `merge(process_group)` combines the partial state of several processes
 (the distributed backend): one `all_reduce` for sums, an `all_gather` for stacks.
+
+    WeightedMean       sum w_k x_k / sum w_k (FedAvg; streaming)
+    WeightedSum        sum w_k x_k (server-side state of SCAFFOLD and FedDyn; streaming)
+    CoordinateMedian   coordinate-wise median                      (Yin et al. 2018)
+    TrimmedMean        coordinate-wise beta-trimmed mean           (Yin et al. 2018)
+    Krum, MultiKrum    the update(s) closest to their neighbours   (Blanchard et al. 2017)
+    Bulyan             iterated Krum + trimmed median              (El Mhamdi et al. 2018)
+    GeometricMedian    smoothed Weiszfeld, RFA                     (Pillutla et al. 2022)
+
+The robust reducers treat every update alike (a Byzantine client could lie about its sample
+count), except GeometricMedian, which uses the weights as RFA does (`weighted=false` turns that off).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -19,6 +32,8 @@ class Aggregator:
 
     #: True when the reducer needs every update at once (no streaming; gathers across processes).
     needs_all_updates: bool = False
+    #: The fewest updates the reducer is defined for; a round with fewer skips the server step.
+    min_updates: int = 1
 
     def reset(self, like: Tensor | None = None) -> None:
         """Start a round; `like` (the global vector) fixes the size, dtype and device."""
@@ -81,3 +96,300 @@ class WeightedMean(Aggregator):
         self._sum = packed[:-2]
         self._weight = float(packed[-2])
         self._count = int(packed[-1])
+
+
+class WeightedSum(Aggregator):
+    """sum_k w_k * x_k in float64 (no normalization): server-side state such as SCAFFOLD's
+    control-variate change or FedDyn's drift term, which divide by the number of *all* clients."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self, like: Tensor | None = None) -> None:
+        self._sum: Tensor | None = None if like is None else torch.zeros_like(like, dtype=torch.float64)
+        self._count = 0
+
+    def add(self, delta: Tensor, weight: float) -> None:
+        if self._sum is None:
+            self._sum = torch.zeros_like(delta, dtype=torch.float64)
+        self._sum.add_(delta.to(torch.float64), alpha=float(weight))
+        self._count += 1
+
+    def result(self) -> Tensor:
+        if self._sum is None:
+            raise RuntimeError("WeightedSum.result() before reset(like=...) or add()")
+        return self._sum
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        if self._sum is None:
+            raise RuntimeError("merge() needs reset(like=...) on processes that trained no client")
+        packed = torch.cat([self._sum, self._sum.new_tensor([float(self._count)])])
+        dist.all_reduce(packed, group=group)
+        self._sum = packed[:-1]
+        self._count = int(packed[-1])
+
+
+class StackedAggregator(Aggregator):
+    """Base of the robust reducers: keeps every update of the round and reduces the (n, d) stack.
+
+    Robust statistics need all updates at once, so memory is O(clients x model) on the server
+    (on the device of the updates). `merge()` all-gathers the stacks of every process (padded to
+    the largest, since processes may hold different numbers of updates).
+
+    Subclasses implement `reduce(stack, weights)`; `min_updates` is the fewest updates the
+    reducer is defined for (the strategy skips the server step of a round with fewer).
+    """
+
+    needs_all_updates = True
+
+    def __init__(self) -> None:
+        self.reset()
+
+    @property
+    def min_updates(self) -> int:
+        return 1
+
+    def reset(self, like: Tensor | None = None) -> None:
+        self._updates: list[Tensor] = []
+        self._weights: list[float] = []
+        self._like = like
+        self._count = 0
+
+    def add(self, delta: Tensor, weight: float) -> None:
+        # A copy: a backend may reuse the buffer an update arrived in for the next client.
+        self._updates.append(delta.detach().clone())
+        self._weights.append(float(weight))
+        self._count += 1
+
+    def stack(self) -> tuple[Tensor, Tensor]:
+        """The round's updates as an (n, d) tensor and their weights as an (n,) float64 tensor."""
+        if not self._updates:
+            raise RuntimeError(f"{type(self).__name__}.result() with no updates")
+        stack = torch.stack(self._updates)
+        return stack, torch.tensor(self._weights, dtype=torch.float64, device=stack.device)
+
+    def result(self) -> Tensor:
+        if self._count < self.min_updates:
+            raise RuntimeError(f"{type(self).__name__} needs at least {self.min_updates} updates, got {self._count}")
+        stack, weights = self.stack()
+        return self.reduce(stack, weights)
+
+    def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        if self._updates:
+            size, device, dtype = self._updates[0].numel(), self._updates[0].device, self._updates[0].dtype
+        elif self._like is not None:
+            size, device, dtype = self._like.numel(), self._like.device, self._like.dtype
+        else:
+            raise RuntimeError("merge() needs reset(like=global_vector) on processes that trained no client")
+        world = dist.get_world_size(group)
+        count = torch.tensor([len(self._updates)], device=device, dtype=torch.int64)
+        counts = [torch.zeros_like(count) for _ in range(world)]
+        dist.all_gather(counts, count, group=group)
+        counts_host = [int(c) for c in counts]
+        largest = max(counts_host)
+        if largest == 0:
+            return
+        # One row per update: the update followed by its weight, padded to the largest stack.
+        local = torch.zeros(largest, size + 1, device=device, dtype=torch.float64)
+        for i, (update, weight) in enumerate(zip(self._updates, self._weights)):
+            local[i, :size] = update
+            local[i, size] = weight
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local, group=group)
+        rows = torch.cat([g[:n] for g, n in zip(gathered, counts_host)])
+        self._updates = [row[:size].to(dtype) for row in rows]
+        self._weights = rows[:, size].tolist()
+        self._count = len(self._updates)
+
+
+def _sorted_coordinates(stack: Tensor) -> Tensor:
+    return torch.sort(stack, dim=0).values
+
+
+class CoordinateMedian(StackedAggregator):
+    """Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards
+    Optimal Statistical Rates"). With an even number of updates it is the mean of the two middle
+    values (not torch.median's lower one). Ignores the sample weights: every update counts once.
+    """
+
+    def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:
+        n = stack.shape[0]
+        ordered = _sorted_coordinates(stack)
+        if n % 2:
+            return ordered[n // 2]
+        return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+class TrimmedMean(StackedAggregator):
+    """Coordinate-wise beta-trimmed mean (Yin et al. 2018): per coordinate, drop the
+    floor(beta * n) largest and the floor(beta * n) smallest values and average the rest.
+    beta = 0 is the plain (unweighted) mean. Ignores the sample weights.
+
+    Args:
+        beta: fraction trimmed at each end, in [0, 0.5).
+    """
+
+    def __init__(self, beta: float = 0.1) -> None:
+        if not 0.0 <= beta < 0.5:
+            raise ValueError(f"aggregator.beta={beta} must be in [0, 0.5)")
+        self.beta = float(beta)
+        super().__init__()
+
+    def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:
+        n = stack.shape[0]
+        k = int(math.floor(self.beta * n + 1e-9))
+        return _sorted_coordinates(stack)[k : n - k].mean(dim=0)
+
+
+def pairwise_sq_distances(stack: Tensor) -> Tensor:
+    """(n, n) squared Euclidean distances in float64, via the Gram matrix of the centred stack
+    (centring keeps the |a|^2 + |b|^2 - 2ab cancellation small when updates are close)."""
+    x = stack.to(torch.float64)
+    x = x - x.mean(dim=0, keepdim=True)
+    sq = (x * x).sum(dim=1)
+    dist2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    dist2.clamp_(min=0.0).fill_diagonal_(0.0)
+    return dist2
+
+
+def krum_scores(dist2: Tensor, f: int) -> Tensor:
+    """Krum's score of every update: the sum of squared distances to its n - f - 2 nearest
+    other updates (at least one neighbour, so the score stays defined on small sets)."""
+    n = dist2.shape[0]
+    k = max(n - f - 2, 1)
+    others = dist2 + torch.diag(torch.full((n,), math.inf, dtype=dist2.dtype, device=dist2.device))
+    return torch.topk(others, k, dim=1, largest=False).values.sum(dim=1)
+
+
+class Krum(StackedAggregator):
+    """Krum and Multi-Krum (Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine
+    Tolerant Gradient Descent").
+
+    Each update is scored by the sum of squared distances to its n - f - 2 nearest neighbours;
+    Krum (m = 1) returns the update with the lowest score, Multi-Krum the plain mean of the m
+    lowest-scoring ones (ties go to the earlier update). Tolerates f Byzantine clients when
+    n > 2f + 2. Ignores the sample weights.
+
+    Args:
+        f: number of Byzantine clients to tolerate.
+        m: updates averaged; 1 is Krum, None is n - f (El Mhamdi et al. 2018's Multi-Krum choice).
+    """
+
+    def __init__(self, f: int = 1, m: int | None = 1) -> None:
+        if f < 0:
+            raise ValueError(f"aggregator.f={f} must be >= 0")
+        if m is not None and m < 1:
+            raise ValueError(f"aggregator.m={m} must be >= 1 or null")
+        self.f = int(f)
+        self.m = m
+        super().__init__()
+
+    @property
+    def min_updates(self) -> int:
+        return 2 * self.f + 3
+
+    def select(self, stack: Tensor) -> Tensor:
+        """Indices of the selected updates, best score first."""
+        n = stack.shape[0]
+        m = n - self.f if self.m is None else min(self.m, n)
+        scores = krum_scores(pairwise_sq_distances(stack), self.f)
+        # A stable sort on the scores: equal scores keep the order the updates arrived in.
+        return torch.sort(scores, stable=True).indices[:m]
+
+    def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:
+        return stack[self.select(stack)].mean(dim=0)
+
+
+class MultiKrum(Krum):
+    """Multi-Krum: `Krum` averaging the m best-scoring updates (default m = n - f)."""
+
+    def __init__(self, f: int = 1, m: int | None = None) -> None:
+        super().__init__(f=f, m=m)
+
+
+class Bulyan(StackedAggregator):
+    """Bulyan (El Mhamdi et al. 2018, "The Hidden Vulnerability of Distributed Learning in
+    Byzantium"): pick theta = n - 2f updates by applying Krum repeatedly (each pick leaves the
+    set), then per coordinate average the beta = theta - 2f values closest to the median of the
+    picked updates. Needs n >= 4f + 3. Ignores the sample weights.
+
+    Args:
+        f: number of Byzantine clients to tolerate.
+    """
+
+    def __init__(self, f: int = 1) -> None:
+        if f < 0:
+            raise ValueError(f"aggregator.f={f} must be >= 0")
+        self.f = int(f)
+        super().__init__()
+
+    @property
+    def min_updates(self) -> int:
+        return 4 * self.f + 3
+
+    def select(self, stack: Tensor) -> list[int]:
+        """The theta = n - 2f updates chosen by iterated Krum, in the order they were chosen."""
+        n = stack.shape[0]
+        dist2 = pairwise_sq_distances(stack)
+        remaining = list(range(n))
+        chosen: list[int] = []
+        while len(chosen) < n - 2 * self.f:
+            sub = dist2[remaining][:, remaining]
+            best = int(torch.argmin(krum_scores(sub, self.f)))  # argmin: first of equal scores
+            chosen.append(remaining.pop(best))
+        return chosen
+
+    def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:
+        picked = stack[self.select(stack)]
+        theta = picked.shape[0]
+        beta = theta - 2 * self.f
+        median = CoordinateMedian().reduce(picked, weights)
+        closest = torch.topk((picked - median).abs(), beta, dim=0, largest=False).indices
+        return torch.gather(picked, 0, closest).mean(dim=0)
+
+
+class GeometricMedian(StackedAggregator):
+    """Weighted geometric median by the smoothed Weiszfeld algorithm: RFA (Pillutla et al. 2022,
+    "Robust Aggregation for Federated Learning").
+
+    Minimizes sum_k a_k max(nu, ||v - x_k||) with a_k the normalized sample weights (RFA's
+    alpha_k = n_k / n), or uniform weights when `weighted` is False. Starts from the weighted
+    mean; stops when the objective improves by less than `tol` (relative) or after `max_iter`
+    iterations (one host sync each, on the server, not in a training loop).
+
+    Args:
+        max_iter: Weiszfeld iterations at most.
+        tol: relative objective change that counts as converged.
+        nu: smoothing: distances below it count as nu (avoids dividing by zero at a data point).
+        weighted: use the sample weights (RFA) or weigh every update equally.
+    """
+
+    def __init__(self, max_iter: int = 100, tol: float = 1e-6, nu: float = 1e-6, weighted: bool = True) -> None:
+        if max_iter < 1:
+            raise ValueError(f"aggregator.max_iter={max_iter} must be >= 1")
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.nu = float(nu)
+        self.weighted = weighted
+        super().__init__()
+
+    def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:
+        x = stack.to(torch.float64)
+        alpha = weights if self.weighted else torch.ones_like(weights)
+        alpha = alpha / alpha.sum()
+        median = alpha @ x
+        distances = torch.linalg.vector_norm(x - median, dim=1).clamp(min=self.nu)
+        objective = float(alpha @ distances)
+        for _ in range(self.max_iter):
+            beta = alpha / distances
+            median = (beta @ x) / beta.sum()
+            distances = torch.linalg.vector_norm(x - median, dim=1).clamp(min=self.nu)
+            new_objective = float(alpha @ distances)
+            converged = abs(objective - new_objective) <= self.tol * max(new_objective, 1e-30)
+            objective = new_objective
+            if converged:
+                break
+        return median.to(stack.dtype)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedtorch.callbacks import MetricsFile, ProgressBar, TensorBoard
 from fedtorch.data.base import DatasetSplits, FederatedDataset
-from fedtorch.data.partitions import Natural, natural_partition
+from fedtorch.data.partitions import Natural, natural_partition, partition_stats
 from fedtorch.io import atomic_torch_save, atomic_write_json
+from fedtorch.provenance import collect as collect_provenance
 from fedtorch.seeding import derive_seed, numpy_rng
 from fedtorch.simulation import Simulation
 
@@ -85,7 +89,72 @@ def validate(cfg: DictConfig) -> None:
     elif sampler.get("clients_per_round") is not None:
         m = sampler.clients_per_round
         _require(cfg, "sampler.clients_per_round", isinstance(m, int) and m >= 1, "an integer >= 1")
+    threads = cfg.get("num_threads", "auto")
+    _require(
+        cfg,
+        "num_threads",
+        threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
+        "auto, or an integer >= 1",
+    )
     resolve_device(cfg.device)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one, e.g. under SLURM)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_run(requested: int | str, launcher: Mapping[str, Any] | None, cores: int) -> int | None:
+    """Torch intra-op threads for one run, or None to keep torch's default.
+
+    An integer is taken as given. `auto` shares the machine between the runs a launcher runs at
+    once, so parallel jobs do not oversubscribe the cores (each would otherwise start one thread
+    per core, and N jobs x all cores threads run slower than N jobs x cores/N): a submitit
+    launcher's `cpus_per_task` when set, else cores // `n_jobs` under joblib (`n_jobs` -1 means
+    all cores, -2 all but one, as in joblib). Outside a parallel sweep `auto` keeps torch's default,
+    which honours OMP_NUM_THREADS (torchrun sets it to 1 per process).
+    """
+    if requested != "auto":
+        return int(requested)
+    if not launcher:
+        return None
+    cpus = launcher.get("cpus_per_task")
+    if isinstance(cpus, int) and cpus >= 1:
+        return cpus
+    n_jobs = launcher.get("n_jobs")
+    if isinstance(n_jobs, int) and n_jobs != 0:
+        jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+        if jobs > 1:
+            return max(1, cores // jobs)
+    return None
+
+
+def _sweep_launcher() -> Mapping[str, Any] | None:
+    """The Hydra launcher config when this run is one job of a multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
+
+
+def rerun_command() -> list[str]:
+    """The command that reruns this job alone: `python -m fedtorch <its overrides>`.
+
+    Inside a sweep the process's own argv is the parent's sweep command (or a joblib/submitit
+    worker's), so the job's overrides come from Hydra; outside Hydra, the process's argv.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return [sys.executable, *sys.argv]
+    return [sys.executable, "-m", "fedtorch", *HydraConfig.get().overrides.task]
 
 
 def build_federation(cfg: DictConfig) -> tuple[DatasetSplits, FederatedDataset]:
@@ -104,8 +173,9 @@ def build_federation(cfg: DictConfig) -> tuple[DatasetSplits, FederatedDataset]:
 
 def partition_record(fed: FederatedDataset) -> dict[str, Any]:
     """client -> number of samples (per label for classification), for `partition.json`."""
-    record: dict[str, Any] = {"num_clients": fed.num_clients, "clients": {}}
     counts = fed.label_counts() if fed.is_classification else None
+    stats = partition_stats(counts if counts is not None else fed.client_sizes().reshape(-1, 1))
+    record: dict[str, Any] = {"num_clients": fed.num_clients, "stats": stats, "clients": {}}
     for k, ix in enumerate(fed.client_indices):
         name = fed.client_names[k] if fed.client_names else str(k)
         entry: dict[str, Any] = {"num_samples": len(ix)}
@@ -120,6 +190,9 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     output_dir = Path(output_dir)
     validate(cfg)
     device = resolve_device(cfg.device)
+    threads = threads_per_run(cfg.get("num_threads", "auto"), _sweep_launcher(), available_cores())
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     data, fed = build_federation(cfg)
     _require(
@@ -164,7 +237,10 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     log.info(
         "%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, device
     )
+    # Collected before training: the code and tree as they were when the run started.
+    provenance = collect_provenance(device, fed.client_indices, rerun_command())
     summary = sim.run()
+    summary["provenance"] = provenance
     if summary["diverged"]:
         log.warning("run diverged at round %d: lower trainer.lr or strategy.server_lr", summary["rounds"])
     atomic_torch_save(output_dir / "model.pt", sim.global_state_dict())

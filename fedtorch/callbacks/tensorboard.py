@@ -6,10 +6,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from fedtorch.data.partitions import partition_stats
 from fedtorch.simulation import Callback, Simulation
+
+
+def label_distribution_image(label_counts: np.ndarray, max_clients: int = 256, cell: int = 6) -> torch.Tensor:
+    """A (1, H, W) uint8 picture of the partition: one row per client, one column per class,
+    darker where a larger share of the client's samples has that label (first `max_clients`)."""
+    counts = np.asarray(label_counts, dtype=np.float64)[:max_clients]
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    pixels = (255 * (1.0 - shares)).astype(np.uint8)
+    row_height = max(2, cell * 16 // max(len(pixels), 16))
+    pixels = np.repeat(np.repeat(pixels, row_height, axis=0), cell, axis=1)
+    return torch.from_numpy(pixels).unsqueeze(0)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -46,8 +60,22 @@ class TensorBoard(Callback):
         # purge_step drops events past the resumed round, so curves never hold duplicate steps.
         purge = sim.state.round + 1 if sim.state.round > 0 else None
         self.writer = SummaryWriter(self.log_dir, purge_step=purge)
-        if self.config_text and sim.state.round == 0:
-            self.writer.add_text("config", f"```\n{self.config_text}\n```", 0)
+        if sim.state.round == 0:
+            if self.config_text:
+                self.writer.add_text("config", f"```\n{self.config_text}\n```", 0)
+            self._log_partition(sim)
+
+    def _log_partition(self, sim: Simulation) -> None:
+        """Client-size and label-skew statistics at step 0, and a picture of the label distribution."""
+        fed = sim.federation
+        if fed.is_classification:
+            counts = fed.label_counts()
+            self.writer.add_image("partition/label_distribution", label_distribution_image(counts), 0)
+        else:
+            counts = fed.client_sizes().reshape(-1, 1)
+        for key, value in partition_stats(counts).items():
+            if np.isfinite(value):
+                self.writer.add_scalar(f"partition/{key}", value, 0)
 
     def on_round_end(self, sim: Simulation, round_idx: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

@@ -14,7 +14,7 @@ ROUND_SCALARS = ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "
 
 
 def _events(run_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     acc.Reload()
     return acc
 
@@ -55,6 +55,11 @@ def test_single_run_writes_every_artifact(tmp_path):
     assert start.hparams["strategy._target_"].string_value == "fedtorch.strategies.FedAvg"
     assert "hparam/eval/accuracy" in tags["scalars"]
     assert "config/text_summary" in tags["tensors"]
+    # The partition: statistics at step 0 and a picture of the label distribution (30 devices).
+    assert acc.Scalars("partition/num_clients")[0].value == 30
+    assert "partition/label_distribution" in tags["images"]
+    record = json.loads((run_dir / "partition.json").read_text())
+    assert record["stats"]["num_samples"] == sum(c["num_samples"] for c in record["clients"].values())
 
 
 def pytest_approx(value: float):

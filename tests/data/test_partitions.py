@@ -178,9 +178,7 @@ def test_quantity_skew_shape() -> None:
     assert balanced["size_cv"] < mild["size_cv"] < strong["size_cv"]
     assert strong["size_min"] >= 10
     # Labels stay IID: far less label skew than a Dirichlet(0.1) split of the same data.
-    dirichlet = partition_stats(
-        label_count_matrix(Dirichlet(100, 0.1, 10)(data, np.random.default_rng(5)), labels, 10)
-    )
+    dirichlet = partition_stats(label_count_matrix(Dirichlet(100, 0.1, 10)(data, np.random.default_rng(5)), labels, 10))
     assert mild["tv_mean"] < 0.15 < dirichlet["tv_mean"]
     with pytest.raises(ValueError, match="distribution"):
         QuantitySkew(distribution="zipf")

@@ -1,0 +1,94 @@
+"""Optimizers torch lacks, as real `torch.optim.Optimizer`s (so their state checkpoints).
+
+`Yogi` (Zaheer et al. 2018, "Adaptive Methods for Nonconvex Optimization") is FedYogi's server
+optimizer (Reddi et al. 2021, "Adaptive Federated Optimization").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+
+class Yogi(Optimizer):
+    """Adam with an additive second-moment update that cannot blow up the effective step.
+
+    For gradient g (the server's pseudo-gradient in FedYogi), per coordinate:
+
+        m_t = beta1 * m_{t-1} + (1 - beta1) * g
+        v_t = v_{t-1} - (1 - beta2) * sign(v_{t-1} - g^2) * g^2
+        x_t = x_{t-1} - lr * m_hat / (sqrt(v_hat) + eps)
+
+    with m_hat = m_t / (1 - beta1^t) and v_hat = v_t / (1 - beta2^t) when `bias_correction`
+    (as Adam, and as the TensorFlow optimizers of Reddi et al.'s experiments), else m_t and v_t
+    as printed in Reddi et al.'s Algorithm 2. Adam's v_t = beta2 v + (1 - beta2) g^2 moves v by
+    (1 - beta2)(g^2 - v), a multiplicative change; Yogi moves it by (1 - beta2) g^2 in the
+    direction of g^2, so v shrinks slowly after a large gradient.
+
+    Args:
+        lr: learning rate (FedYogi's server learning rate eta).
+        betas: (beta1, beta2).
+        eps: added to sqrt(v_hat) (FedYogi's adaptivity tau).
+        initial_accumulator_value: v_0 (Zaheer et al. use 1e-6).
+        bias_correction: divide the moments by (1 - beta^t).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-3,
+        initial_accumulator_value: float = 1e-6,
+        bias_correction: bool = True,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"Yogi lr={lr} must be > 0")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Yogi betas={tuple(betas)} must be in [0, 1)")
+        if eps <= 0:
+            raise ValueError(f"Yogi eps={eps} must be > 0")
+        if initial_accumulator_value < 0:
+            raise ValueError(f"Yogi initial_accumulator_value={initial_accumulator_value} must be >= 0")
+        defaults = dict(
+            lr=lr,
+            betas=(float(betas[0]), float(betas[1])),
+            eps=eps,
+            initial_accumulator_value=initial_accumulator_value,
+            bias_correction=bias_correction,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.full_like(p, group["initial_accumulator_value"])
+                state["step"] += 1
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                grad_sq = grad * grad
+                v.addcmul_(torch.sign(v - grad_sq), grad_sq, value=-(1 - beta2))
+                if group["bias_correction"]:
+                    step = state["step"]
+                    m_hat = m / (1 - beta1**step)
+                    v_hat = v / (1 - beta2**step)
+                else:
+                    m_hat, v_hat = m, v
+                p.addcdiv_(m_hat, v_hat.sqrt().add_(group["eps"]), value=-group["lr"])
+        return loss
