@@ -61,6 +61,19 @@ class ClientHooks:
         """Inspect or extend the update (e.g. attach control variates to `update.extra`)."""
 
 
+def epoch_orders(num_samples: int, batch: int, budget: int, generator: torch.Generator) -> list[Tensor]:
+    """The sample orders of a client's local epochs: one `torch.randperm(num_samples, generator=generator)`
+    per epoch that `budget` steps of `batch` samples reach into (the last batch of an epoch may be smaller).
+
+    The one place the batch order is derived, so every backend (sequential `LocalTrainer`, the vectorized
+    backend) draws exactly the same batches from the same (seed, "batches", round, client) generator.
+    """
+    if budget <= 0:
+        return []
+    steps_per_epoch = -(-num_samples // batch)
+    return [torch.randperm(num_samples, generator=generator) for _ in range(-(-budget // steps_per_epoch))]
+
+
 def default_loss(num_classes: int | None) -> Callable[[Tensor, Tensor], Tensor]:
     """Cross-entropy for classification, mean squared error for regression."""
     return F.cross_entropy if num_classes is not None else F.mse_loss
@@ -96,6 +109,8 @@ class LocalTrainer:
 
     def num_steps(self, num_samples: int, max_steps: int | None = None) -> int:
         """Local steps for a client with `num_samples` samples (a closed form, for FedNova and tests)."""
+        if num_samples == 0:
+            return 0  # an empty client (e.g. a natural group with no train sample) takes no step
         batch = num_samples if self.batch_size == -1 else self.batch_size
         steps = self.epochs * -(-num_samples // batch)
         for cap in (self.max_steps, max_steps):
@@ -137,10 +152,12 @@ class LocalTrainer:
         classify = y.dtype == torch.int64
         loss_sum = torch.zeros((), device=x.device)
         correct = torch.zeros((), device=x.device, dtype=torch.int64)
+        # The default hooks do nothing after backward: skip the call and its gradient list per step.
+        adjusts_grads = type(hooks).after_backward is not ClientHooks.after_backward
         seen = 0
         steps = 0
-        while steps < budget:  # one pass of this loop is one epoch
-            order = indices[torch.randperm(n, generator=generator).to(indices.device)]
+        for perm in epoch_orders(n, batch, budget, generator):  # one epoch per permutation
+            order = indices[perm.to(indices.device)]
             for start in range(0, n, batch):
                 if steps == budget:
                     break
@@ -150,8 +167,8 @@ class LocalTrainer:
                 loss = loss_fn(out, yb)
                 optimizer.zero_grad()
                 loss.backward()
-                grads = [p.grad for p in params]
-                hooks.after_backward(params, grads, global_params)
+                if adjusts_grads:
+                    hooks.after_backward(params, [p.grad for p in params], global_params)
                 optimizer.step()
                 steps += 1
                 count = len(batch_ix)

@@ -10,93 +10,48 @@ A run folder holds: `.hydra/` (written by Hydra), TensorBoard event files, `metr
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedtorch.callbacks import MetricsFile, ProgressBar, TensorBoard
+from fedtorch.backends.distributed import (
+    agree_on_output_dir,
+    init_process_group,
+    is_main_process,
+    launched_by_torchrun,
+)
+from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
+from fedtorch.checkpoint import CheckpointError, ResumePlan, plan_resume, remove_temporaries
 from fedtorch.data.base import DatasetSplits, FederatedDataset
 from fedtorch.data.partitions import Natural, natural_partition, partition_stats
 from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.provenance import collect as collect_provenance
 from fedtorch.seeding import derive_seed, numpy_rng
 from fedtorch.simulation import Simulation
+from fedtorch.validation import (  # noqa: F401  (re-exported: validation lived here before)
+    ConfigError,
+    _require,
+    data_error,
+    instantiation_error,
+    resolve_device,
+    validate,
+    validate_backend,
+    validate_cohort,
+    validate_federation,
+)
 
 log = logging.getLogger("fedtorch")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value: the message names the key, the value and what is allowed."""
-
-    def __init__(self, key: str, value: Any, allowed: str) -> None:
-        super().__init__(f"{key}={value!r} is invalid: {allowed}")
-        self.key, self.value, self.allowed = key, value, allowed
-
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' picks CUDA when available, else CPU; anything else is taken as given."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as error:
-        raise ConfigError("device", requested, "use auto, cpu, cuda or cuda:N") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", requested, "CUDA is not available on this machine; use device=auto or cpu")
-    return device
-
-
-def _require(cfg: DictConfig, key: str, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(key, OmegaConf.select(cfg, key), allowed)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Checks that need no data: fail before any work or file writing."""
-    _require(cfg, "rounds", isinstance(cfg.rounds, int) and cfg.rounds >= 1, "an integer >= 1")
-    _require(cfg, "eval_every", isinstance(cfg.eval_every, int) and cfg.eval_every >= 1, "an integer >= 1")
-    _require(cfg, "seed", isinstance(cfg.seed, int) and cfg.seed >= 0, "an integer >= 0")
-    trainer = cfg.trainer
-    _require(cfg, "trainer.lr", isinstance(trainer.lr, (int, float)) and trainer.lr > 0, "a number > 0")
-    _require(cfg, "trainer.epochs", isinstance(trainer.epochs, int) and trainer.epochs >= 1, "an integer >= 1")
-    _require(
-        cfg,
-        "trainer.batch_size",
-        isinstance(trainer.batch_size, int) and (trainer.batch_size >= 1 or trainer.batch_size == -1),
-        "an integer >= 1, or -1 for the whole client dataset",
-    )
-    if "server_lr" in cfg.strategy:
-        lr = cfg.strategy.server_lr
-        _require(cfg, "strategy.server_lr", isinstance(lr, (int, float)) and lr > 0, "a number > 0")
-    if "alpha" in cfg.partition:
-        alpha = cfg.partition.alpha
-        _require(cfg, "partition.alpha", isinstance(alpha, (int, float)) and alpha > 0, "a number > 0")
-    if "num_clients" in cfg.partition:
-        n = cfg.partition.num_clients
-        _require(cfg, "partition.num_clients", isinstance(n, int) and n >= 1, "an integer >= 1")
-    sampler = cfg.sampler
-    if sampler.get("fraction") is not None:
-        f = sampler.fraction
-        _require(cfg, "sampler.fraction", isinstance(f, (int, float)) and 0 < f <= 1, "a number in (0, 1]")
-    elif sampler.get("clients_per_round") is not None:
-        m = sampler.clients_per_round
-        _require(cfg, "sampler.clients_per_round", isinstance(m, int) and m >= 1, "an integer >= 1")
-    threads = cfg.get("num_threads", "auto")
-    _require(
-        cfg,
-        "num_threads",
-        threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
-        "auto, or an integer >= 1",
-    )
-    resolve_device(cfg.device)
 
 
 def available_cores() -> int:
@@ -185,32 +140,189 @@ def partition_record(fed: FederatedDataset) -> dict[str, Any]:
     return record
 
 
-def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Validate, build, run, and write every artifact of one run into `output_dir`."""
+def _build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`instantiate(node)`; a constructor's ValueError/TypeError becomes a one-line ConfigError on `key`."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        raise _build_error(key, error) from error
+
+
+def _build_error(key: str, error: Exception) -> Exception:
+    """The one-line ConfigError for a constructor's bad value, else the error itself (a bug keeps its traceback)."""
+    if isinstance(error, InstantiationException):
+        return instantiation_error(key, error) or error
+    return error
+
+
+def _runtime_kwargs(node: DictConfig, **candidates: Any) -> dict[str, Any]:
+    """The runtime values (seed, num_clients, model, ...) that `node`'s `_target_` constructor takes."""
+    from hydra.utils import get_class
+
+    accepted = inspect.signature(get_class(node._target_)).parameters
+    return {k: v for k, v in candidates.items() if k in accepted}
+
+
+def build_pipeline(
+    cfg: DictConfig, fed: FederatedDataset, model: Any, sampler: Any, strategy: Any, trainer: Any
+) -> tuple[FederatedDataset, Any, list[Any], list[Any]]:
+    """Update transforms from the `attack`, `compression`, `privacy` and `secagg` groups.
+
+    Pipeline order, client side first: attack -> compression -> DP clipping -> secure aggregation
+    -> DP noise and accounting -> byte meter (always on, so every run logs comm/bytes_*). Returns
+    the federation to train on (data poisoning changes it), the trainer (local DP-SGD replaces it),
+    the transforms and extra callbacks (the privacy budget).
+    """
+    from fedtorch.compression import CommunicationMeter
+    from fedtorch.privacy import PrivacyOptionError, build_privacy
+
+    sampler.setup(fed.client_sizes())  # idempotent; the cohort size and the sampling scheme need it
+    runtime = {
+        "seed": cfg.seed,
+        "num_clients": fed.num_clients,
+        "expected_cohort_size": sampler.expected_cohort_size(),
+        "model": model,
+    }
+    transforms: list[Any] = []
+    if cfg.get("attack") and cfg.attack.get("_target_"):
+        attack = _build(cfg.attack, "attack", **_runtime_kwargs(cfg.attack, **runtime))
+        fed = attack.poison(fed)
+        transforms.append(attack)
+    if cfg.get("compression") and cfg.compression.get("_target_"):
+        transforms.append(_build(cfg.compression, "compression", **_runtime_kwargs(cfg.compression, **runtime)))
+    secagg = []
+    if cfg.get("secagg") and cfg.secagg.get("_target_"):
+        _require(
+            cfg,
+            "secagg._target_",
+            not strategy.aggregator.needs_all_updates,
+            f"secure aggregation reveals only the sum; {type(strategy.aggregator).__name__} needs every update "
+            "(use a mean-based strategy or secagg=none)",
+        )
+        secagg.append(_build(cfg.secagg, "secagg", **_runtime_kwargs(cfg.secagg, **runtime)))
+    options = OmegaConf.to_container(cfg.privacy, resolve=True) if cfg.get("privacy") else {}
+    try:
+        privacy = build_privacy(
+            options,
+            sampler=sampler,
+            strategy=strategy,
+            trainer=trainer,
+            client_sizes=fed.client_sizes().tolist(),
+            rounds=cfg.rounds,
+            seed=cfg.seed,
+        )
+    except PrivacyOptionError as error:
+        raise ConfigError(error.key, error.value, error.allowed) from error
+    transforms += [*privacy.client_side, *secagg, *privacy.server_side, CommunicationMeter()]
+    return fed, privacy.trainer, transforms, privacy.callbacks
+
+
+def plan_run(
+    cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), choices: Mapping[str, Any] | None = None
+) -> tuple[ResumePlan, DictConfig]:
+    """Where the run writes and what it starts from (`resume`: auto, null or a run folder), and its config.
+
+    See `fedtorch.checkpoint.plan_resume`: a resumed run keeps its checkpoint's config (only
+    `RESUMABLE_KEYS` such as `rounds` may change), so the returned config may differ from `cfg`.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))] if overrides else []
+    current = OmegaConf.to_container(cfg, resolve=True)
+    plan = plan_resume(cfg.get("resume", "auto"), output_dir, current, keys, dict(choices or {}))
+    return plan, (cfg if plan.config is current else OmegaConf.create(plan.config))
+
+
+#: What a run writes into its folder besides `.hydra/`, the log and `checkpoints/`.
+RESULT_FILES = ("summary.json", "model.pt", "metrics.jsonl", "partition.json")
+
+
+def _clear_stale_results(run_dir: Path, fresh: bool) -> None:
+    """Before training: a fresh start removes what an earlier, unresumable attempt left in the folder
+    (no mixed TensorBoard curves); a resumed run removes the previous end's `summary.json` and `model.pt`,
+    which no longer describe the folder until the run ends again."""
+    names = RESULT_FILES if fresh else ("summary.json", "model.pt")
+    for name in names:
+        (run_dir / name).unlink(missing_ok=True)
+    if fresh:
+        for events in run_dir.glob("events.out.tfevents.*"):
+            events.unlink()
+    remove_temporaries(run_dir)
+
+
+def divergence_message(cfg: DictConfig, summary: dict[str, Any], last_row: dict[str, Any],
+                       checkpoint_round: int | None) -> str:  # fmt: skip
+    """What happened, what was kept, and which knobs to turn."""
+    bad = [k for k, v in last_row.items() if isinstance(v, float) and not math.isfinite(v)]
+    what = f"non-finite {', '.join(bad)}" if bad else "non-finite global model"
+    kept = (
+        f"the last good checkpoint is round {checkpoint_round} (checkpoints/round_{checkpoint_round:06d}.pt)"
+        if checkpoint_round
+        else "no checkpoint was written before it"
+    )
+    knobs = f"trainer.lr={cfg.trainer.lr}"
+    if "server_lr" in cfg.strategy:
+        knobs += f" or strategy.server_lr={cfg.strategy.server_lr}"
+    return (
+        f"run diverged at round {summary['diverged_round']} ({what}); summary.json records diverged: true, "
+        f"no model.pt was written, {kept}. Lower {knobs}."
+    )
+
+
+def run_experiment(
+    cfg: DictConfig,
+    output_dir: str | Path,
+    overrides: Sequence[str] = (),
+    choices: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate, build, run, and write every artifact of one run into `output_dir`.
+
+    `overrides` (the command line's) and `choices` (config-group choices) let a resumed run check
+    that it continues the same experiment; see `plan_run`.
+    """
     output_dir = Path(output_dir)
     validate(cfg)
+    plan, cfg = plan_run(cfg, output_dir, overrides, choices)
+    if plan.finished is not None:
+        state = plan.finished
+        ended = f"diverged at round {state.get('diverged_round')}" if state.get("diverged") else "completed"
+        log.info("run folder %s already holds a finished run (%s, %s rounds): nothing to do", plan.run_dir, ended,
+                 state.get("rounds"))  # fmt: skip
+        print(f"run folder: {plan.run_dir}", flush=True)
+        return state
+    if plan.run_dir != output_dir:
+        validate(cfg)
+        log.info("resuming run folder %s; this invocation's Hydra folder is %s", plan.run_dir, output_dir)
+        output_dir = plan.run_dir
     device = resolve_device(cfg.device)
     threads = threads_per_run(cfg.get("num_threads", "auto"), _sweep_launcher(), available_cores())
     if threads is not None:
         torch.set_num_threads(threads)
 
-    data, fed = build_federation(cfg)
-    _require(
-        cfg,
-        "sampler.clients_per_round",
-        cfg.sampler.get("clients_per_round") is None
-        or cfg.sampler.get("fraction") is not None
-        or cfg.sampler.clients_per_round <= fed.num_clients,
-        f"at most the number of clients in the federation ({fed.num_clients})",
-    )
+    try:
+        data, fed = build_federation(cfg)
+    except (FileNotFoundError, InstantiationException) as error:
+        # A missing data folder is a config error (data_dir), reported as one line.
+        cause = error if isinstance(error, FileNotFoundError) else error.__cause__
+        if not isinstance(cause, FileNotFoundError):
+            raise _build_error("dataset", error) from error
+        raise data_error(cfg, cause) from error
+    validate_federation(cfg, fed.num_clients)
     torch.manual_seed(derive_seed(cfg.seed, "model_init"))
-    model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes)
-    trainer = instantiate(cfg.trainer)
-    strategy = instantiate(cfg.strategy)
-    sampler = instantiate(cfg.sampler)
-    backend = instantiate(cfg.backend)
+    model = _build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
+    trainer = _build(cfg.trainer, "trainer")
+    strategy = _build(cfg.strategy, "strategy")
+    sampler = _build(cfg.sampler, "sampler")
+    backend = _build(cfg.backend, "backend")
+    # Attacks, compression, privacy, secure aggregation (+ the byte meter): see build_pipeline.
+    train_fed, trainer, transforms, pipeline_callbacks = build_pipeline(cfg, fed, model, sampler, strategy, trainer)
+    if launched_by_torchrun():
+        # One process of `torchrun -m fedtorch backend=distributed`: join the group, use rank 0's folder.
+        device = init_process_group(device)
+        output_dir = agree_on_output_dir(output_dir)
+    writer = is_main_process()  # rank 0 alone writes the run folder
 
-    callbacks = []
+    callbacks = list(pipeline_callbacks)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if cfg.logging.tensorboard:
         callbacks.append(TensorBoard(output_dir, hparams=resolved, config_text=OmegaConf.to_yaml(cfg, resolve=True)))
@@ -218,9 +330,16 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         callbacks.append(MetricsFile(output_dir / "metrics.jsonl"))
     if cfg.logging.progress:
         callbacks.append(ProgressBar())
+    checkpointer = None
+    if cfg.get("checkpoint_every", 0):
+        # Last, so it saves the other callbacks' state after they have seen the round.
+        checkpointer = Checkpoint(output_dir, cfg.checkpoint_every, config=resolved, choices=dict(choices or {}))
+        callbacks.append(checkpointer)
+    if not writer:
+        callbacks = []  # logs, checkpoints and the progress bar are rank 0's; its stop decision binds all
 
     sim = Simulation(
-        fed,
+        train_fed,
         model,
         strategy,
         sampler,
@@ -230,10 +349,20 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         device=device,
         eval_every=cfg.eval_every,
         backend=backend,
+        transforms=transforms,
         callbacks=callbacks,
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output_dir / "partition.json", partition_record(fed))
+    validate_cohort(sim.sampler, sim.strategy)
+    if plan.checkpoint is not None:
+        try:
+            sim.load_state_dict(plan.checkpoint["simulation"])
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
+            raise CheckpointError(f"checkpoint {plan.checkpoint_path} does not fit this run: {error}") from error
+        log.info("resuming from round %d (%s)", plan.round, plan.checkpoint_path)
+    if writer:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _clear_stale_results(output_dir, fresh=plan.checkpoint is None)
+        atomic_write_json(output_dir / "partition.json", partition_record(fed))
     log.info(
         "%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, device
     )
@@ -241,12 +370,19 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     provenance = collect_provenance(device, fed.client_indices, rerun_command())
     summary = sim.run()
     summary["provenance"] = provenance
-    if summary["diverged"]:
-        log.warning("run diverged at round %d: lower trainer.lr or strategy.server_lr", summary["rounds"])
-    atomic_torch_save(output_dir / "model.pt", sim.global_state_dict())
     summary["output_dir"] = str(output_dir)
-    atomic_write_json(output_dir / "summary.json", summary)
-    print(f"run folder: {output_dir}", flush=True)
+    if plan.checkpoint is not None:
+        summary["resumed_from_round"] = plan.round
+    if summary["diverged"]:
+        # No model.pt: a diverged model is not a result. The newest checkpoint is the last good round.
+        last = checkpointer.last_round if checkpointer is not None else None
+        summary["last_checkpoint_round"] = last
+        summary["message"] = divergence_message(cfg, summary, sim.state.history[-1], last)
+        log.warning(summary["message"])
+    elif writer:
+        atomic_torch_save(output_dir / "model.pt", sim.global_state_dict())
+        atomic_write_json(output_dir / "summary.json", summary)
+        print(f"run folder: {output_dir}", flush=True)
     return summary
 
 

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedtorch.checkpoint import kill_point, rng_state, set_rng_state
 from fedtorch.client import ClientUpdate, LocalTrainer, default_loss
 from fedtorch.data.base import FederatedDataset
 from fedtorch.evaluation import evaluate
 from fedtorch.params import FlatModel
-from fedtorch.samplers import ClientSampler
+from fedtorch.samplers import ClientSampler, Cohort
 from fedtorch.seeding import derive_seed, numpy_rng, torch_generator
 from fedtorch.strategies.base import Strategy, UpdateTransform
 
@@ -36,6 +37,13 @@ class Callback:
         pass
 
     def on_run_end(self, sim: Simulation, summary: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """State a resumed run needs (e.g. early stopping's patience); most callbacks have none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
 
@@ -124,12 +132,20 @@ class Simulation:
         self.strategy.transforms = list(transforms)
         self.sampler.setup(self.federation.client_sizes())
         self.strategy.setup(self.global_vector, self.flat.layout, self.federation.num_clients)
+        self.strategy.attach(self)
+        self._cohort: tuple[int, Cohort] | None = None  # (round, its cohort) from the sampler
         self.backend.setup(self)
 
     # -- one client, shared by every backend --------------------------------------------------
     def train_client(self, round_idx: int, client_id: int, max_steps: int | None = None) -> ClientUpdate:
-        """Local training of `client_id` from the current global weights (not yet aggregated)."""
+        """Local training of `client_id` from the current global weights (not yet aggregated).
+
+        A straggler's step budget from the sampler (`client_max_steps`) caps `max_steps`.
+        """
         fed = self.federation
+        budget = self.client_max_steps(round_idx, client_id)
+        if budget is not None:
+            max_steps = budget if max_steps is None else min(max_steps, budget)
         # Dropout and other stochastic layers draw from the global torch stream: pin it to
         # (seed, round, client) so results do not depend on the order clients are trained in.
         torch.manual_seed(derive_seed(self.seed, "client_torch", round_idx, client_id))
@@ -148,7 +164,30 @@ class Simulation:
 
     # -- the loop ------------------------------------------------------------------------------
     def sample_clients(self, round_idx: int) -> np.ndarray:
-        return self.sampler.sample(round_idx, numpy_rng(self.seed, "sampler", round_idx))
+        """The clients that train and report in round `round_idx` (after the sampler's dropouts).
+
+        The sampler's cohort (with the stragglers' shares of work) is kept for `client_max_steps`.
+        """
+        rng = numpy_rng(self.seed, "sampler", round_idx)
+        if hasattr(self.sampler, "cohort"):
+            cohort = self.sampler.cohort(round_idx, rng)
+        else:  # a duck-typed sampler with only `sample`
+            ids = np.asarray(self.sampler.sample(round_idx, rng))
+            cohort = Cohort(ids=ids, work=np.ones(len(ids)), sampled=len(ids))
+        self._cohort = (round_idx, cohort)
+        return cohort.ids
+
+    def client_max_steps(self, round_idx: int, client_id: int) -> int | None:
+        """A straggler's step budget in `round_idx`: max(1, floor(work * its full local steps));
+        None for a client that does all its work. Backends that plan steps ahead (vectorized) ask here."""
+        if self._cohort is None or self._cohort[0] != round_idx:
+            return None
+        cohort = self._cohort[1]
+        position = np.searchsorted(cohort.ids, client_id)
+        if position >= len(cohort.ids) or cohort.ids[position] != client_id or cohort.work[position] >= 1.0:
+            return None
+        full = self.trainer.num_steps(len(self.federation.client_indices[client_id]))
+        return max(1, int(math.floor(cohort.work[position] * full)))
 
     def run_round(self, round_idx: int) -> dict[str, float]:
         """Run round `round_idx` (1-based) and return its metrics."""
@@ -159,7 +198,9 @@ class Simulation:
             loss_sum=torch.zeros((), device=self.device, dtype=torch.float64),
             correct=torch.zeros((), device=self.device, dtype=torch.int64),
         )
-        self.backend.train_round(self, round_idx, client_ids, stats)
+        if len(client_ids) > 0:  # Poisson sampling or dropouts can leave a round without clients
+            self.backend.train_round(self, round_idx, client_ids, stats)
+        kill_point("round", round_idx)  # crash-test hook (no-op unless $FEDTORCH_KILL_AT asks for it)
         server_metrics = self.strategy.finish_round(round_idx)
 
         metrics: dict[str, float] = {}
@@ -170,9 +211,14 @@ class Simulation:
         metrics["round/clients"] = float(stats.clients)
         metrics["round/samples"] = float(stats.samples)
         metrics["round/local_steps"] = float(stats.steps)
+        if getattr(self.sampler, "heterogeneous", False) and self._cohort is not None:
+            metrics["round/dropped"] = float(self._cohort[1].dropped)
+            metrics["round/stragglers"] = float(self._cohort[1].stragglers)
         metrics.update({f"server/{k}": v for k, v in server_metrics.items()})
         if round_idx % self.eval_every == 0 or round_idx == self.rounds:
             metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+            # Strategies with per-client models (Ditto, FedPer) evaluate those too.
+            metrics.update({f"eval/{k}": v for k, v in self.strategy.evaluate(self).items()})
         metrics["round/seconds"] = time.perf_counter() - start
         return metrics
 
@@ -216,6 +262,10 @@ class Simulation:
                 self.stop_reason = "diverged"
             for callback in self.callbacks:
                 callback.on_round_end(self, round_idx, metrics)
+            # The processes of a distributed run stop together: rank 0's decision binds them all.
+            agree_stop = getattr(self.backend, "agree_stop", None)
+            if agree_stop is not None:
+                self.stop_reason = agree_stop(self.stop_reason)
         summary = self.summary(time.perf_counter() - wall_start)
         for callback in self.callbacks:
             callback.on_run_end(self, summary)
@@ -236,6 +286,7 @@ class Simulation:
             "num_clients": self.federation.num_clients,
             "num_parameters": self.flat.layout.num_params,
             "diverged": self.stop_reason == "diverged",
+            "diverged_round": self.state.round if self.stop_reason == "diverged" else None,
             "stop_reason": self.stop_reason,
         }
 
@@ -243,3 +294,63 @@ class Simulation:
         """The global model as a `state_dict` (cloned, on the CPU)."""
         self.flat.load(self.global_vector)
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    # -- checkpointing ------------------------------------------------------------------------
+    def _callback_keys(self) -> list[tuple[str, Callback]]:
+        """Callbacks keyed by class name (numbered when repeated), stable when others are added or removed."""
+        seen: dict[str, int] = {}
+        keyed = []
+        for callback in self.callbacks:
+            name = type(callback).__name__
+            seen[name] = seen.get(name, 0) + 1
+            keyed.append((name if seen[name] == 1 else f"{name}#{seen[name]}", callback))
+        return keyed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly after the last finished round.
+
+        The global model, the strategy (server optimizer, per-client state, transforms), the
+        sampler, stateful backends, trainers and callbacks, the global random streams, the round
+        and the metrics history. Per-client and per-round streams need nothing: they derive from
+        (seed, round, client).
+        """
+        state: dict[str, Any] = {
+            "round": self.state.round,
+            "history": [dict(row) for row in self.state.history],
+            "global_vector": self.global_vector.detach().cpu().clone(),
+            "strategy": self.strategy.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+        }
+        for name in ("backend", "trainer"):
+            component = getattr(self, name)
+            if hasattr(component, "state_dict"):
+                state[name] = component.state_dict()
+        callbacks = {key: cb.state_dict() for key, cb in self._callback_keys() if hasattr(cb, "state_dict")}
+        state["callbacks"] = {key: value for key, value in callbacks.items() if value}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` output into this (freshly built, identically configured) simulation."""
+        vector = state["global_vector"]
+        if vector.shape != self.global_vector.shape:
+            raise ValueError(
+                f"checkpoint model has {vector.numel()} values, this model {self.global_vector.numel()}: "
+                "not the same model"
+            )
+        with torch.no_grad():
+            # In place: the strategy's server optimizer owns views of this vector.
+            self.global_vector.copy_(vector)
+        self.strategy.load_state_dict(state["strategy"])
+        self.sampler.load_state_dict(state["sampler"])
+        for name in ("backend", "trainer"):
+            component = getattr(self, name)
+            if name in state and hasattr(component, "load_state_dict"):
+                component.load_state_dict(state[name])
+        saved_callbacks = state.get("callbacks", {})
+        for key, callback in self._callback_keys():
+            if key in saved_callbacks and hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(saved_callbacks[key])
+        self.state = SimulationState(round=int(state["round"]), history=[dict(row) for row in state["history"]])
+        self.stop_reason = None
+        set_rng_state(state["rng"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fedtorch.io import atomic_write_text
 from fedtorch.simulation import Callback, Simulation
 
 
@@ -12,25 +13,17 @@ class MetricsFile(Callback):
     """Append `{"round": r, ...metrics}` per round to a JSON-lines file.
 
     Each line is written whole and flushed, so a killed run leaves complete lines only. A resumed
-    run first truncates the file to the rounds its checkpoint holds (no duplicated rounds).
+    run first rewrites the file from its checkpoint's history (no duplicated or missing rounds).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
     def on_run_start(self, sim: Simulation) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        done = sim.state.round
-        kept = []
-        if done > 0 and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a torn last line from a kill: drop it
-                if row.get("round", 0) <= done:
-                    kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+        # The restored history (the checkpoint's) is the truth: rows the killed process wrote after
+        # its last checkpoint are dropped, and rows it never got to write are put back.
+        rows = sim.state.history if sim.state.round > 0 else []
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in rows))
 
     def on_round_end(self, sim: Simulation, round_idx: int, metrics: dict[str, float]) -> None:
         with self.path.open("a") as handle:

@@ -28,8 +28,8 @@ owkin/FLamby flamby/datasets/fed_heart_disease/dataset.py):
 
 `preprocessing="impute"` keeps all 920 patients and the 13 raw attributes (categorical codes left as
 numbers): every `?` becomes the mean of that column over the same hospital's train split (the pooled
-train mean where the hospital never records it, e.g. Hungary's `ca`, and 0 if no hospital
-does), then the same standardization. Use it to study the full, more heterogeneous federation.
+train mean where that split never records it, and 0 if no train split does), then the same
+standardization. Use it to study the full, more heterogeneous federation.
 
 Labels are int64 in {0, 1} with `num_classes=2` (train with cross-entropy on 2 logits, equivalent to
 FLamby's logistic regression with a sigmoid). Groups: hospital id 0-3 on train and test.

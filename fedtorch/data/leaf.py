@@ -279,12 +279,13 @@ def load_leaf(
     path = _resolve(root, file)
     data = read_leaf_json(path)
     test_data = read_leaf_json(_resolve(root, test_file)) if test_file is not None else None
-    rng = np.random.default_rng(seed)
+    # Separate streams per purpose, so subsetting users does not change how each user is split.
+    subset_rng, split_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
 
     needed = max(min_samples, 1 if test_data is not None else 2)
     users = [u for u in data["users"] if len(data["user_data"][u]["y"]) >= needed]
     if max_users is not None and max_users < len(users):
-        users = [users[i] for i in np.sort(rng.choice(len(users), size=max_users, replace=False))]
+        users = [users[i] for i in np.sort(subset_rng.choice(len(users), size=max_users, replace=False))]
     if not users:
         raise ValueError(f"leaf: no user in {path} has >= {needed} samples")
 
@@ -294,7 +295,7 @@ def load_leaf(
         xs, ys = record["x"], record["y"]
         if test_data is None:
             is_train = np.zeros(len(ys), dtype=bool)
-            is_train[rng.permutation(len(ys))[: _leaf_train_count(len(ys), train_fraction)]] = True
+            is_train[split_rng.permutation(len(ys))[: _leaf_train_count(len(ys), train_fraction)]] = True
             parts = {"train": np.flatnonzero(is_train), "test": np.flatnonzero(~is_train)}
             chunks = {s: ([xs[i] for i in ix], [ys[i] for i in ix]) for s, ix in parts.items()}
         else:

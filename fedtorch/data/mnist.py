@@ -171,8 +171,8 @@ def _load(dataset: str, root: str | os.PathLike | None, download: bool, normaliz
     if any(p is None for p in paths):
         missing = [name for name, p in zip(_FILES.values(), paths, strict=True) if p is None]
         raise FileNotFoundError(
-            f"{dataset}: cannot find {', '.join(missing)} (uncompressed or .gz) in {folder}. Point data_dir=... "
-            f"(or $FEDTORCH_DATA) at the folder that contains {folder_name}/raw, or pass download=true when online."
+            f"{dataset}: cannot find {', '.join(missing)} (uncompressed or .gz) in {folder}. Point data_dir=... (or "
+            f"$FEDTORCH_DATA) at the folder that contains {folder_name}/raw, or set dataset.download=true when online."
         )
     arrays = _load_arrays(str(folder), tuple(p.stat().st_mtime for p in paths))  # type: ignore[union-attr]
 

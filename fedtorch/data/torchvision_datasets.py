@@ -29,7 +29,7 @@ from fedtorch.data.base import DatasetSplits
 
 def _torchvision() -> Any:
     try:
-        import torchvision  # noqa: PLC0415 - optional dependency, imported on use
+        import torchvision  # optional dependency: imported on use, never at package import
     except ImportError as e:
         raise ImportError(
             "this dataset needs torchvision, an optional dependency of fedtorch: pip install torchvision "
@@ -86,7 +86,7 @@ def load_torchvision(
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
         raise FileNotFoundError(
             f"{name}: torchvision found no usable files in {folder} ({e}). Point data_dir=... (or $FEDTORCH_DATA) "
-            "at the folder holding them, or pass download=true when online."
+            "at the folder holding them, or set dataset.download=true when online."
         ) from e
     (train_x, train_y), (test_x, test_y) = _arrays(train), _arrays(test)
     if normalize:

@@ -8,14 +8,16 @@ The optimizer's `state_dict()` checkpoints the server state for free.
 
 Algorithms that need more override small hooks: `client_hooks` (what the client does differently),
 `client_weight` (how much an update counts), `on_update` (per-client server state), and
-`apply_aggregate` (how the reduced update moves the global model). One algorithm lives in one
-file in this package, both halves together.
+`apply_aggregate` (how the reduced update moves the global model); `attach` gives access to the
+simulation (client sizes, trainer, data) and `evaluate` adds metrics to an evaluation round
+(personalized models). One algorithm lives in one file in this package, both halves together.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -25,7 +27,11 @@ from fedtorch.aggregators import Aggregator, WeightedMean
 from fedtorch.client import ClientHooks, ClientUpdate
 from fedtorch.params import VectorLayout
 
+if TYPE_CHECKING:
+    from fedtorch.simulation import Simulation
+
 ServerOptimizerFactory = Callable[..., torch.optim.Optimizer]
+log = logging.getLogger("fedtorch")
 
 
 class UpdateTransform:
@@ -39,8 +45,14 @@ class UpdateTransform:
     def setup(self, strategy: Strategy) -> None:
         """Called once with the strategy (layout, global vector, number of clients are known)."""
 
+    def begin_round(self, round_idx: int, client_ids: Sequence[int]) -> None:
+        """The round's cohort is known (secure aggregation derives its pairwise masks from it)."""
+
     def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
         return update
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        """Combine per-round state held by every process (distributed backend), like the aggregator."""
 
     def on_aggregate(self, round_idx: int, aggregate: Tensor, num_updates: int) -> Tensor:
         return aggregate
@@ -80,6 +92,7 @@ class Strategy:
         self.aggregator = aggregator or WeightedMean()
         self.weighted = weighted
         self.transforms: list[UpdateTransform] = []
+        self.skipped_rounds = 0
 
     # -- set-up -------------------------------------------------------------------------------
     def setup(self, global_vector: Tensor, layout: VectorLayout, num_clients: int) -> None:
@@ -94,9 +107,16 @@ class Strategy:
         for transform in self.transforms:
             transform.setup(self)
 
+    def attach(self, sim: Simulation) -> None:
+        """Called once by the simulation after `setup`. Strategies that need more than the global
+        weights (the clients' sizes, the local learning rate, client data for personalization or
+        q-FFL's losses) keep a reference here; the default needs nothing."""
+
     # -- the round ----------------------------------------------------------------------------
     def begin_round(self, round_idx: int, client_ids: Sequence[int]) -> None:
         self.aggregator.reset(like=self.global_vector)
+        for transform in self.transforms:
+            transform.begin_round(round_idx, client_ids)
 
     def client_hooks(self, round_idx: int, client_id: int) -> ClientHooks | None:
         """Client-side behaviour for this client this round; None trains plainly."""
@@ -118,17 +138,49 @@ class Strategy:
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         """Combine the partial round state of all processes (distributed backend)."""
         self.aggregator.merge(group)
+        for transform in self.transforms:
+            transform.merge(group)
 
     def finish_round(self, round_idx: int) -> dict[str, float]:
-        """Reduce the round's updates and move the global model; returns server metrics."""
+        """Reduce the round's updates and move the global model; returns server metrics.
+
+        A round with fewer updates than the reducer needs (none at all after Poisson sampling or
+        dropouts; fewer than 2f + 3 for Krum) leaves the model and the server optimizer's state
+        unchanged, as a server that waits for enough reports would; `skipped_rounds` counts them.
+        """
+        if self.aggregator.count < max(1, getattr(self.aggregator, "min_updates", 1)):
+            return self.skip_round(round_idx)
         aggregate = self.aggregator.result().to(self.global_vector.dtype)
         for transform in self.transforms:
             aggregate = transform.on_aggregate(round_idx, aggregate, self.aggregator.count)
         self.apply_aggregate(round_idx, aggregate)
         metrics = {"update_norm": float(aggregate[: self.layout.num_params].norm())}
+        if self.skipped_rounds:
+            metrics["skipped_rounds"] = float(self.skipped_rounds)
         for transform in self.transforms:
             metrics.update(transform.round_metrics())
         return metrics
+
+    def skip_round(self, round_idx: int) -> dict[str, float]:
+        """No server step this round (too few updates); metrics say so."""
+        self.skipped_rounds += 1
+        if self.aggregator.count:
+            log.warning(
+                "round %d: %d client updates, %s needs at least %d: server step skipped",
+                round_idx,
+                self.aggregator.count,
+                type(self.aggregator).__name__,
+                self.aggregator.min_updates,
+            )
+        metrics = {"update_norm": 0.0, "skipped_rounds": float(self.skipped_rounds)}
+        for transform in self.transforms:
+            metrics.update(transform.round_metrics())
+        return metrics
+
+    def evaluate(self, sim: Simulation) -> dict[str, float]:
+        """Extra evaluation metrics, called whenever the simulation evaluates the global model
+        (personalized strategies report their per-client models here); keys are logged as is."""
+        return {}
 
     def apply_aggregate(self, round_idx: int, aggregate: Tensor) -> None:
         """Step the server optimizer with pseudo-gradient -aggregate; buffers take the mean."""
@@ -145,9 +197,11 @@ class Strategy:
         return {
             "server_optimizer": self.server_optimizer.state_dict(),
             "transforms": [t.state_dict() for t in self.transforms],
+            "skipped_rounds": self.skipped_rounds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.server_optimizer.load_state_dict(state["server_optimizer"])
+        self.skipped_rounds = int(state.get("skipped_rounds", 0))
         for transform, transform_state in zip(self.transforms, state.get("transforms", [])):
             transform.load_state_dict(transform_state)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def test_fashion_mnist_from_synthetic_idx_files(tmp_path: Path) -> None:
     data = load_fashion_mnist(str(tmp_path))
     assert data.name == "fashion_mnist" and data.train_x.shape == (7, 1, 28, 28) and data.test_x.shape == (3, 1, 28, 28)
     expected = (torch.from_numpy(train_images.astype(np.float32)) / 255 - 0.2860) / 0.3530
-    torch.testing.assert_close(data.train_x[:, 0], expected)
+    assert torch.allclose(data.train_x[:, 0], expected, atol=1e-6)
     assert data.train_y.tolist() == train_labels.tolist() and data.test_y.tolist() == [9, 0, 4]
 
 
@@ -113,6 +114,36 @@ def test_idx_corruption_is_reported(tmp_path: Path) -> None:
     bad_gzip.write_bytes(b"not gzip at all")
     with pytest.raises(ValueError, match="broken.gz"):
         read_idx(bad_gzip)
+
+
+def test_download_checks_md5_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """download=True through a file:// mirror: files are fetched once, verified, then parsed."""
+    from fedtorch.data import mnist
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    arrays = {
+        "train-images-idx3-ubyte.gz": np.full((4, 28, 28), 255, dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": np.array([1, 2, 3, 4], dtype=np.uint8),
+        "t10k-images-idx3-ubyte.gz": np.zeros((2, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": np.array([5, 6], dtype=np.uint8),
+    }
+    for name, array in arrays.items():
+        write_idx(mirror / name, array)
+    md5s = {name: hashlib.md5((mirror / name).read_bytes()).hexdigest() for name in arrays}
+    folder, mean, std, _, _ = mnist._DATASETS["fashion_mnist"]
+    monkeypatch.setitem(mnist._DATASETS, "fashion_mnist", (folder, mean, std, (mirror.as_uri() + "/",), md5s))
+
+    data = load_fashion_mnist(str(tmp_path / "root"), download=True)
+    assert data.train_y.tolist() == [1, 2, 3, 4] and data.test_y.tolist() == [5, 6]
+    assert data.train_x.max().item() == pytest.approx((1 - 0.2860) / 0.3530)
+    assert sorted(p.name for p in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == sorted(arrays)
+
+    bad = {**md5s, "t10k-labels-idx1-ubyte.gz": "0" * 32}
+    monkeypatch.setitem(mnist._DATASETS, "fashion_mnist", (folder, mean, std, (mirror.as_uri() + "/",), bad))
+    with pytest.raises(RuntimeError, match="t10k-labels-idx1-ubyte.gz.*md5"):
+        load_fashion_mnist(str(tmp_path / "other"), download=True)
+    assert not (tmp_path / "other" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").exists()
 
 
 def test_missing_files_name_the_folder(tmp_path: Path) -> None:
@@ -326,7 +357,42 @@ def test_torchvision_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
         torchvision_datasets.load_cifar10("/nonexistent")
 
 
-def test_torchvision_cifar_missing_files(tmp_path: Path) -> None:
+def fake_torchvision(images: dict[bool, np.ndarray], labels: dict[bool, list[int]]) -> types.ModuleType:
+    """A stand-in `torchvision` whose CIFAR10 holds NHWC uint8 arrays, like the real one."""
+
+    class CIFAR10:
+        classes = [str(i) for i in range(10)]
+
+        def __init__(self, root: str, train: bool = True, download: bool = False) -> None:
+            if not Path(root, "cifar-10-batches-py").is_dir():
+                raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+            self.data, self.targets = images[train], labels[train]
+
+    module = types.ModuleType("torchvision")
+    module.datasets = types.SimpleNamespace(CIFAR10=CIFAR10)  # type: ignore[attr-defined]
+    return module
+
+
+def test_torchvision_loader_with_a_fake_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedtorch.data.torchvision_datasets import load_cifar10
+
+    rng = np.random.default_rng(0)
+    images = {True: rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), False: np.zeros((5, 32, 32, 3), np.uint8)}
+    monkeypatch.setitem(sys.modules, "torchvision", fake_torchvision(images, {True: [1] * 20, False: [2] * 5}))
+    with pytest.raises(FileNotFoundError, match="CIFAR10.*data_dir="):
+        load_cifar10(str(tmp_path))
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    data = load_cifar10(str(tmp_path))
+    assert data.train_x.shape == (20, 3, 32, 32) and data.test_x.shape == (5, 3, 32, 32) and data.num_classes == 10
+    assert data.train_y.dtype == torch.int64 and data.test_y.tolist() == [2] * 5
+    # NHWC -> NCHW, then per-channel standardization with train statistics.
+    channel_mean = data.train_x.mean(dim=(0, 2, 3))
+    assert channel_mean.abs().max() < 1e-5 and (data.train_x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-3
+    raw = load_cifar10(str(tmp_path), normalize=False)
+    assert torch.allclose(raw.train_x[3, 1], torch.from_numpy(images[True][3, :, :, 1] / 255).float())
+
+
+def test_torchvision_real_cifar_missing_files(tmp_path: Path) -> None:
     pytest.importorskip("torchvision", reason="torchvision is an optional extra")
     from fedtorch.data.torchvision_datasets import load_cifar10
 

@@ -9,6 +9,16 @@ from torch import nn
 from fedtorch.models import CIFARCNN, CNN, MLP, CharLSTM, ResNet18GN
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny batches gain nothing from intra-op threads, and on a busy CPU OpenMP's spin-waiting makes
+    an LSTM backward pass ~50x slower (seconds instead of ~0.1 s); restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -25,6 +35,7 @@ def num_params(model: nn.Module) -> int:
         (lambda: ResNet18GN((3, 32, 32), 100), 11_220_132, "CIFAR-100 head: + 90 x 513"),
         (lambda: CharLSTM((80,), 80), 819_920, "LEAF Shakespeare LSTM, PyTorch biases"),
     ],
+    ids=["2nn", "cnn", "cifar_cnn_24", "cifar_cnn_32", "resnet18_gn_10", "resnet18_gn_100", "char_lstm"],
 )
 def test_parameter_counts(model, expected: int, source: str) -> None:  # noqa: ANN001 - a model factory
     assert num_params(model()) == expected, source
@@ -54,6 +65,17 @@ def test_char_lstm_matches_leaf_tensorflow_count() -> None:
             torch.randint(0, 1002, (4, 25)),
             2,
         ),
+    ],
+    ids=[
+        "cnn",
+        "cnn_2d",
+        "cnn_rgb",
+        "cifar_cnn_no_lrn",
+        "cifar_cnn_24",
+        "resnet18_gn",
+        "resnet_narrow",
+        "lstm",
+        "lstm_words",
     ],
 )
 def test_forward_shape_and_gradients(model, x: torch.Tensor, classes: int) -> None:  # noqa: ANN001

@@ -1,0 +1,312 @@
+"""The vectorized backend: a chunk of the round's clients trained as one batched computation.
+
+Every client of a round runs the same local SGD on different data, so the clients' weights can be
+stacked along a new leading dimension and one local step mapped over all of them with `torch.func`:
+`vmap(grad(loss of functional_call(model, client_weights, client_batch)))` (the per-example
+gradient recipe of the torch.func docs, applied per client instead of per example). One Python step
+loop and one batched kernel per layer then serve a whole chunk of clients: the per-step framework
+cost (Python, dispatch, kernel launches) is paid once per chunk instead of once per client, which is
+where small models and small batches spend their time, above all on a GPU.
+
+Exactly the sequential semantics:
+- Batches: each client's epoch orders come from `fedtorch.client.epoch_orders` with the same
+  (seed, "batches", round, client) generator as `LocalTrainer`. A smaller last batch is padded and
+  masked (the loss is the mean over the real samples only).
+- Clients with fewer steps: the chunk's clients are sorted by step budget, so the clients still
+  training at step t are a prefix of the chunk; the step runs on that prefix (a view), and finished
+  clients neither compute nor change.
+- Optimizer: `torch.optim.SGD`'s update (weight decay, momentum with dampening, Nesterov, maximize),
+  written with the same elementwise operations in the same order, on the stacked weights.
+
+What cannot be batched falls back to the sequential backend for the whole run, with one logged
+warning naming the reason: a trainer other than `LocalTrainer`, a strategy with client hooks
+(FedProx, SCAFFOLD, ...), models with buffers that training updates (BatchNorm), dropout, frozen
+parameters, a custom loss function, or an optimizer other than SGD.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedtorch.backends.sequential import SequentialBackend
+from fedtorch.client import ClientUpdate, LocalTrainer, epoch_orders
+from fedtorch.seeding import torch_generator
+from fedtorch.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from fedtorch.simulation import RoundAccumulator, Simulation
+
+log = logging.getLogger("fedtorch")
+
+# Losses whose per-sample form (`reduction="none"`) averaged over the real samples is exactly the
+# sequential batch loss. A custom loss may weight or normalize differently, so it is not batched.
+_BATCHABLE_LOSSES = (F.cross_entropy, F.mse_loss)
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """The hyperparameters of a `torch.optim.SGD` instance (its `defaults`)."""
+
+    lr: float
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    maximize: bool = False
+
+
+def sgd_config(trainer: LocalTrainer) -> SGDConfig | str:
+    """The trainer's optimizer as an `SGDConfig`, or the reason it cannot be vectorized.
+
+    The factory is called on a dummy parameter, so any way of configuring it (a `functools.partial`,
+    Hydra's `_partial_`, a subclass) is read back from what the optimizer actually holds.
+    """
+    probe = trainer.optimizer([nn.Parameter(torch.zeros(1))], lr=trainer.lr)
+    if type(probe) is not torch.optim.SGD:
+        return f"trainer.optimizer is {type(probe).__name__}; the vectorized backend implements torch.optim.SGD"
+    d = probe.defaults
+    return SGDConfig(
+        lr=float(d["lr"]),
+        momentum=float(d["momentum"]),
+        dampening=float(d["dampening"]),
+        weight_decay=float(d["weight_decay"]),
+        nesterov=bool(d["nesterov"]),
+        maximize=bool(d.get("maximize", False)),
+    )
+
+
+def fallback_reason(sim: Simulation) -> str | None:
+    """Why `sim` cannot be trained by the vectorized backend, or None when it can."""
+    if type(sim.trainer).train is not LocalTrainer.train:
+        return f"trainer {type(sim.trainer).__name__} overrides LocalTrainer.train"
+    if type(sim.strategy).client_hooks is not Strategy.client_hooks:
+        name = getattr(sim.strategy, "name", type(sim.strategy).__name__)
+        return f"strategy {name} changes local training through client hooks"
+    if sim.flat.layout.size > sim.flat.layout.num_params:
+        return "the model has buffers that training updates (e.g. BatchNorm running statistics)"
+    if any(not p.requires_grad for p in sim.model.parameters()):
+        return "the model has frozen parameters"
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in sim.model.modules()):
+        return "the model has dropout (random masks drawn per client)"
+    if sim.loss_fn not in _BATCHABLE_LOSSES:
+        return "a custom loss function (only cross-entropy and MSE are batched)"
+    config = sgd_config(sim.trainer)
+    return config if isinstance(config, str) else None
+
+
+def sgd_step(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor] | None, sgd: SGDConfig, first: bool) -> None:
+    """One `torch.optim.SGD` step on stacked weights, in place; the same formulas in the same order.
+
+    torch.optim.SGD (single-tensor path): g = -g if maximize; g = g + wd * p; buf = g on the first
+    step, else buf = momentum * buf + (1 - dampening) * g; g = g + momentum * buf if nesterov else
+    buf; p = p - lr * g. Every operation is elementwise, so it acts on each client's slice alone.
+    """
+    if sgd.maximize:
+        grads = torch._foreach_neg(grads)
+    if sgd.weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=sgd.weight_decay)
+    if sgd.momentum != 0:
+        assert bufs is not None
+        if first:
+            torch._foreach_copy_(bufs, grads)
+        else:
+            torch._foreach_mul_(bufs, sgd.momentum)
+            torch._foreach_add_(bufs, grads, alpha=1 - sgd.dampening)
+        grads = torch._foreach_add(grads, bufs, alpha=sgd.momentum) if sgd.nesterov else bufs
+    torch._foreach_add_(params, grads, alpha=-sgd.lr)
+
+
+@dataclass
+class ChunkSchedule:
+    """The batches of a chunk of clients, sorted by step budget (longest first).
+
+    `index[t, c, :]` are the train-set indices of client c's batch at step t, padded to the widest
+    batch; `mask[t, c, :]` is 1 for real samples. `active[t]` is how many clients (a prefix) still
+    train at step t.
+    """
+
+    client_ids: list[int]
+    budgets: list[int]
+    seen: list[int]
+    index: Tensor
+    mask: Tensor
+    active: list[int]
+
+
+def chunk_schedule(
+    sim: Simulation, round_idx: int, client_ids: Sequence[int], budgets: Sequence[int], cpu_indices: list[Tensor]
+) -> ChunkSchedule:
+    """Lay out the batches of `client_ids` (sorted by descending budget) as padded index tensors."""
+    batch_size = sim.trainer.batch_size
+    sizes = [len(cpu_indices[c]) for c in client_ids]
+    widths = [n if batch_size == -1 else min(batch_size, n) for n in sizes]
+    steps = max(budgets, default=0)
+    width = max((w for w, b in zip(widths, budgets) if b > 0), default=1)
+    index = torch.zeros(steps, len(client_ids), width, dtype=torch.int64)
+    mask = torch.zeros(steps, len(client_ids), width, dtype=torch.bool)
+    seen = []
+    for c, (client_id, n, budget) in enumerate(zip(client_ids, sizes, budgets)):
+        if budget == 0:
+            seen.append(0)
+            continue
+        batch = n if batch_size == -1 else batch_size
+        per_epoch = -(-n // batch)
+        generator = torch_generator(sim.seed, "batches", round_idx, client_id)
+        # Pad each epoch's order to whole batches: (per_epoch, batch) rows, the tail masked out.
+        padded = torch.zeros(per_epoch * batch, dtype=torch.int64)
+        real = torch.arange(per_epoch * batch) < n
+        rows = []
+        for perm in epoch_orders(n, batch, budget, generator):
+            padded[:n] = cpu_indices[client_id][perm]
+            rows.append(padded.view(per_epoch, batch).clone())
+        positions = torch.cat(rows)[:budget]
+        valid = real.view(per_epoch, batch).repeat(len(rows), 1)[:budget]
+        index[:budget, c, : min(batch, width)] = positions[:, :width]
+        mask[:budget, c, : min(batch, width)] = valid[:, :width]
+        seen.append(int(valid.sum()))
+    # Budgets are sorted descending, so the clients with budget > t are the first active[t].
+    active = (np.asarray(budgets)[None, :] > np.arange(steps)[:, None]).sum(1).tolist()
+    return ChunkSchedule(list(client_ids), list(budgets), seen, index, mask, active)
+
+
+class VectorizedBackend:
+    """Train the round's clients in chunks of `chunk_size`, each chunk as one batched computation.
+
+    Args:
+        chunk_size: clients trained together; None puts the whole round in one chunk. Memory grows
+            with it (a chunk holds chunk_size copies of the weights, their gradients and momentum,
+            and chunk_size batches of activations): lower it for large models on a GPU.
+    """
+
+    name = "vectorized"
+    world_size = 1
+
+    def __init__(self, chunk_size: int | None = None) -> None:
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be >= 1 or None (the whole round)")
+        self.chunk_size = chunk_size
+        self.fallback: str | None = None
+
+    def setup(self, sim: Simulation) -> None:
+        self.fallback = fallback_reason(sim)
+        if self.fallback is not None:
+            log.warning("backend=vectorized falls back to sequential training: %s", self.fallback)
+            self.name = "sequential"  # what summary.json records: how the clients were really trained
+            self._sequential = SequentialBackend()
+            self._sequential.setup(sim)
+            return
+        config = sgd_config(sim.trainer)
+        assert isinstance(config, SGDConfig)
+        self.sgd = config
+        self.names = sim.flat.layout.names[: len(sim.flat.params)]
+        # Batches are laid out on the CPU (the batch generators are CPU generators), from a CPU copy
+        # of every client's indices made once, then moved to the device once per chunk.
+        self.cpu_indices = [ix.cpu() for ix in sim.federation.client_indices]
+        model, loss_fn = sim.model, sim.loss_fn
+
+        def client_loss(params: dict[str, Tensor], xb: Tensor, yb: Tensor, mb: Tensor) -> tuple[Tensor, Tensor]:
+            out = functional_call(model, params, (xb,))
+            per_sample = loss_fn(out, yb, reduction="none")
+            if per_sample.dim() > 1:  # MSE with several outputs: the mean over them, as reduction="mean"
+                per_sample = per_sample.flatten(1).mean(1)
+            loss = (per_sample * mb).sum() / mb.sum().clamp(min=1)
+            return loss, out
+
+        self._step = vmap(grad_and_value(client_loss, has_aux=True))
+
+    def train_round(self, sim: Simulation, round_idx: int, client_ids: np.ndarray, stats: RoundAccumulator) -> None:
+        if self.fallback is not None:
+            self._sequential.train_round(sim, round_idx, client_ids, stats)
+            return
+        for update in self.train_clients(sim, round_idx, [int(c) for c in client_ids]):
+            stats.add(update)
+            sim.strategy.accept(round_idx, update)
+
+    def train_clients(
+        self,
+        sim: Simulation,
+        round_idx: int,
+        client_ids: Sequence[int],
+        max_steps: Sequence[int | None] | None = None,
+    ) -> list[ClientUpdate]:
+        """Local training of `client_ids` from the global weights, chunk by chunk.
+
+        Each client's step budget is capped, like `Simulation.train_client`, by the sampler's
+        straggler budget (`sim.client_max_steps`) and by `max_steps` when given. Updates come back
+        chunk by chunk; inside a chunk in the order of `client_ids`.
+        """
+        budgets = []
+        for i, client_id in enumerate(client_ids):
+            caps = [sim.client_max_steps(round_idx, client_id), None if max_steps is None else max_steps[i]]
+            cap = min((c for c in caps if c is not None), default=None)
+            budgets.append(sim.trainer.num_steps(len(self.cpu_indices[client_id]), cap))
+        order = sorted(range(len(client_ids)), key=lambda i: -budgets[i])  # stable: ties keep their order
+        size = self.chunk_size or max(len(order), 1)
+        updates: list[ClientUpdate] = []
+        for start in range(0, len(order), size):
+            members = order[start : start + size]
+            schedule = chunk_schedule(
+                sim, round_idx, [client_ids[i] for i in members], [budgets[i] for i in members], self.cpu_indices
+            )
+            chunk = self._train_chunk(sim, schedule)
+            # Hand the updates over in the caller's order (for one chunk: exactly the sequential order).
+            updates.extend(u for _, u in sorted(zip(members, chunk), key=lambda pair: pair[0]))
+        return updates
+
+    def _train_chunk(self, sim: Simulation, schedule: ChunkSchedule) -> list[ClientUpdate]:
+        device = sim.device
+        fed = sim.federation
+        x, y = fed.train_x, fed.train_y
+        num = len(schedule.client_ids)
+        global_params = sim.flat.layout.split(sim.global_vector)[: len(self.names)]
+        # Every client starts from the global weights: (num, *shape) per parameter, contiguous.
+        params = [g.detach().unsqueeze(0).repeat(num, *([1] * g.dim())) for g in global_params]
+        bufs = [torch.empty_like(p) for p in params] if self.sgd.momentum != 0 else None
+        index = schedule.index.to(device, non_blocking=True)
+        mask = schedule.mask.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        counts = mask.sum(-1)  # (steps, num): samples in each step's batch
+        classify = y.dtype == torch.int64
+        loss_sum = torch.zeros(num, device=device)
+        correct = torch.zeros(num, device=device, dtype=torch.int64)
+        sim.model.train()
+        for t, k in enumerate(schedule.active):
+            ix = index[t, :k]
+            xb, yb, mb = x[ix], y[ix], mask[t, :k]
+            active_params = [p[:k] for p in params]
+            grads, (loss, out) = self._step(dict(zip(self.names, active_params)), xb, yb, mb)
+            sgd_step(
+                active_params,
+                [grads[name] for name in self.names],
+                None if bufs is None else [b[:k] for b in bufs],
+                self.sgd,
+                first=t == 0,
+            )
+            loss_sum[:k] += loss.detach() * counts[t, :k]
+            if classify:
+                correct[:k] += ((out.detach().argmax(-1) == yb) & (mb > 0)).sum(-1)
+
+        updates = []
+        for c, client_id in enumerate(schedule.client_ids):
+            local = torch.cat([p[c].reshape(-1) for p in params])
+            metrics = {"loss_sum": loss_sum[c], "samples_seen": torch.tensor(schedule.seen[c])}
+            if classify:
+                metrics["correct"] = correct[c]
+            updates.append(
+                ClientUpdate(
+                    client_id=client_id,
+                    delta=local - sim.global_vector,
+                    num_samples=len(self.cpu_indices[client_id]),
+                    num_steps=schedule.budgets[c],
+                    metrics=metrics,
+                )
+            )
+        return updates

@@ -1,0 +1,68 @@
+"""The compressor transform: each client's update is encoded into the payload it would send,
+then decoded on the server before aggregation (the simulation does both ends in one place).
+
+The payload is a dict of tensors at their wire dtypes, so `payload_bytes` is an honest count of
+what a client uploads. Error feedback (Seide et al. 2014; Stich, Cordonnier and Jaggi 2018,
+"Sparsified SGD with Memory"; Karimireddy et al. 2019, "Error Feedback Fixes SignSGD") adds back
+what compression dropped last time: client k sends C(Delta_k + e_k) and keeps
+e_k <- Delta_k + e_k - C(Delta_k + e_k). Residuals live on the CPU (one model-sized vector per
+client that has taken part), so accelerator memory stays O(model).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedtorch.client import ClientUpdate
+from fedtorch.seeding import torch_generator
+from fedtorch.strategies.base import UpdateTransform
+
+Payload = dict[str, Tensor]
+
+
+def payload_bytes(payload: Payload) -> int:
+    """Bytes on the wire: every tensor of the payload at its dtype."""
+    return sum(t.numel() * t.element_size() for t in payload.values())
+
+
+class Compressor(UpdateTransform):
+    """Base class: subclasses implement `encode` and `decode`.
+
+    Args:
+        seed: root seed; stochastic encoders draw from (seed, "compression", round, client).
+        error_feedback: keep per-client residuals (for biased compressors such as top-k).
+    """
+
+    def __init__(self, seed: int = 0, error_feedback: bool = False) -> None:
+        self.seed = seed
+        self.error_feedback = error_feedback
+        self.residuals: dict[int, Tensor] = {}
+
+    def encode(self, vector: Tensor, generator: torch.Generator) -> Payload:
+        raise NotImplementedError
+
+    def decode(self, payload: Payload, like: Tensor) -> Tensor:
+        """The dense vector the server reconstructs; `like` gives size, dtype and device."""
+        raise NotImplementedError
+
+    def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
+        vector = update.delta
+        client = update.client_id
+        if self.error_feedback and client in self.residuals:
+            vector = vector + self.residuals[client].to(vector.device)
+        payload = self.encode(vector, torch_generator(self.seed, "compression", round_idx, client))
+        decoded = self.decode(payload, vector)
+        if self.error_feedback:
+            self.residuals[client] = (vector - decoded).cpu()
+        update.delta = decoded
+        update.metrics["bytes_up"] = torch.tensor(payload_bytes(payload))
+        return update
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"residuals": {k: v.clone() for k, v in self.residuals.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.residuals = {int(k): v.cpu() for k, v in state.get("residuals", {}).items()}

@@ -1,0 +1,85 @@
+"""Bytes sent up and down, counted for every run (compressed or not).
+
+Up: each client's update as it crosses the wire. An encoding transform upstream (a compressor,
+secure aggregation) records its payload size in `update.metrics["bytes_up"]`; without one the
+update travels dense at its dtype. Strategy payloads in `update.extra` (SCAFFOLD's control-variate
+change, ...) travel dense as well and are added. Down: the global model (dense, at its dtype) to
+every client that trained; strategy state sent down (e.g. SCAFFOLD's server control variate) is
+not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.distributed as dist
+from torch import Tensor
+
+from fedtorch.client import ClientUpdate
+from fedtorch.strategies.base import Strategy, UpdateTransform
+
+
+def dense_bytes(tensor: Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+class CommunicationMeter(UpdateTransform):
+    """Logs `comm/bytes_up`, `comm/bytes_down` (this round) and their running totals.
+
+    Place it last: it reads what the transforms before it encoded.
+    """
+
+    def __init__(self) -> None:
+        self.total_up = 0
+        self.total_down = 0
+        self.round_up = 0
+        self.round_down = 0
+        self.round_dense_up = 0
+        self._open = False
+
+    def setup(self, strategy: Strategy) -> None:
+        self.model_bytes = dense_bytes(strategy.global_vector)
+
+    def begin_round(self, round_idx: int, client_ids: Any) -> None:
+        self.round_up = self.round_down = self.round_dense_up = 0
+        self._open = True
+
+    def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
+        extra = sum(dense_bytes(t) for t in update.extra.values() if isinstance(t, Tensor))
+        encoded = update.metrics.get("bytes_up")
+        up = dense_bytes(update.delta) if encoded is None else int(encoded)
+        self.round_up += up + extra
+        self.round_dense_up += dense_bytes(update.delta) + extra
+        self.round_down += self.model_bytes
+        return update
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        parts: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, (self.round_up, self.round_down, self.round_dense_up), group=group)
+        self.round_up, self.round_down, self.round_dense_up = (sum(p[i] for p in parts) for i in range(3))
+
+    def on_aggregate(self, round_idx: int, aggregate: Tensor, num_updates: int) -> Tensor:
+        return aggregate
+
+    def round_metrics(self) -> dict[str, float]:
+        # Totals advance here, once per round, whether or not the server step ran.
+        if self._open:
+            self.total_up += self.round_up
+            self.total_down += self.round_down
+            self._open = False
+        metrics = {
+            "comm/bytes_up": float(self.round_up),
+            "comm/bytes_down": float(self.round_down),
+            "comm/bytes_up_total": float(self.total_up),
+            "comm/bytes_down_total": float(self.total_down),
+        }
+        if self.round_dense_up:
+            metrics["comm/up_ratio"] = self.round_up / self.round_dense_up
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total_up": self.total_up, "total_down": self.total_down}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total_up = int(state["total_up"])
+        self.total_down = int(state["total_down"])
