@@ -55,13 +55,9 @@ class Aggregator:
         return self._count
 
 
-class WeightedMean(Aggregator):
-    """sum_k w_k * delta_k / sum_k w_k, accumulated in place (FedAvg's reducer).
-
-    The running sum is kept in float64 so that the result does not depend on the order in which
-    updates arrive beyond float64 rounding (the distributed and sequential backends add in
-    different orders).
-    """
+class WeightedSum(Aggregator):
+    """sum_k w_k * x_k in float64 (no normalization): server-side state such as SCAFFOLD's
+    control-variate change or FedDyn's drift term, which divide by the number of *all* clients."""
 
     def __init__(self) -> None:
         self.reset()
@@ -74,21 +70,22 @@ class WeightedMean(Aggregator):
     def add(self, delta: Tensor, weight: float) -> None:
         if self._sum is None:
             self._sum = torch.zeros_like(delta, dtype=torch.float64)
-        self._sum.add_(delta.to(torch.float64), alpha=float(weight))
+        # In-place add promotes float32 to float64 exactly, with no temporary copy.
+        self._sum.add_(delta, alpha=float(weight))
         self._weight += float(weight)
         self._count += 1
 
     def result(self) -> Tensor:
-        if self._sum is None or self._weight <= 0:
-            raise RuntimeError("WeightedMean.result() with no updates of positive weight")
-        return self._sum / self._weight
+        if self._sum is None:
+            raise RuntimeError(f"{type(self).__name__}.result() before reset(like=...) or add()")
+        return self._sum
 
     @property
     def total_weight(self) -> float:
         return self._weight
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
-        # One all_reduce carries the sum and the weight: [sum..., weight, count].
+        # One all_reduce carries the sum, the weight and the count: [sum..., weight, count].
         if self._sum is None:
             raise RuntimeError("merge() needs reset(like=global_vector) on processes that trained no client")
         packed = torch.cat([self._sum, self._sum.new_tensor([self._weight, float(self._count)])])
@@ -98,35 +95,18 @@ class WeightedMean(Aggregator):
         self._count = int(packed[-1])
 
 
-class WeightedSum(Aggregator):
-    """sum_k w_k * x_k in float64 (no normalization): server-side state such as SCAFFOLD's
-    control-variate change or FedDyn's drift term, which divide by the number of *all* clients."""
+class WeightedMean(WeightedSum):
+    """sum_k w_k * delta_k / sum_k w_k, accumulated in place (FedAvg's reducer).
 
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self, like: Tensor | None = None) -> None:
-        self._sum: Tensor | None = None if like is None else torch.zeros_like(like, dtype=torch.float64)
-        self._count = 0
-
-    def add(self, delta: Tensor, weight: float) -> None:
-        if self._sum is None:
-            self._sum = torch.zeros_like(delta, dtype=torch.float64)
-        self._sum.add_(delta.to(torch.float64), alpha=float(weight))
-        self._count += 1
+    The running sum is kept in float64 so that the result does not depend on the order in which
+    updates arrive beyond float64 rounding (the distributed and sequential backends add in
+    different orders).
+    """
 
     def result(self) -> Tensor:
-        if self._sum is None:
-            raise RuntimeError("WeightedSum.result() before reset(like=...) or add()")
-        return self._sum
-
-    def merge(self, group: dist.ProcessGroup | None = None) -> None:
-        if self._sum is None:
-            raise RuntimeError("merge() needs reset(like=...) on processes that trained no client")
-        packed = torch.cat([self._sum, self._sum.new_tensor([float(self._count)])])
-        dist.all_reduce(packed, group=group)
-        self._sum = packed[:-1]
-        self._count = int(packed[-1])
+        if self._sum is None or self._weight <= 0:
+            raise RuntimeError("WeightedMean.result() with no updates of positive weight")
+        return self._sum / self._weight
 
 
 class StackedAggregator(Aggregator):
@@ -251,6 +231,9 @@ def pairwise_sq_distances(stack: Tensor) -> Tensor:
     x = x - x.mean(dim=0, keepdim=True)
     sq = (x * x).sum(dim=1)
     dist2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    # Exactly symmetric (a matmul need not be): mutual nearest neighbours then tie exactly, and
+    # ties go to the earlier update as the algorithms specify, not to rounding noise.
+    dist2 = (dist2 + dist2.T) / 2
     dist2.clamp_(min=0.0).fill_diagonal_(0.0)
     return dist2
 

@@ -28,7 +28,7 @@ import random
 import re
 import signal
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -236,10 +236,13 @@ class ResumePlan:
         checkpoint: the loaded checkpoint, None for a fresh start.
         checkpoint_path: where it was read from.
         finished: the summary of a run that already ended (completed or diverged): nothing to do.
+        choices: the config-group choices the run was composed with (the checkpoint's when resuming
+            from a run folder), to store in its next checkpoints.
     """
 
     run_dir: Path
     config: dict[str, Any]
+    choices: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] | None = None
     checkpoint_path: Path | None = None
     finished: dict[str, Any] | None = None
@@ -339,10 +342,10 @@ def plan_resume(
     if resume is None or resume == "auto":
         found = list_checkpoints(output_dir)
         if not found:
-            return ResumePlan(run_dir=output_dir, config=config)
+            return ResumePlan(run_dir=output_dir, config=config, choices=choices)
         if resume is None:
             raise CheckpointError(
-                f"resume=None but the run folder {output_dir} already holds checkpoints of a run; use resume=auto "
+                f"resume=null but the run folder {output_dir} already holds checkpoints of a run; use resume=auto "
                 "to continue it, or another hydra.run.dir for a new run"
             )
         path, run_dir, explicit = found[-1][1], output_dir, False
@@ -380,7 +383,10 @@ def plan_resume(
             f"rounds={rounds} is invalid: the checkpoint {path} is at round {checkpoint['round']}; "
             "a resumed run can only keep or extend its rounds"
         )
-    plan = ResumePlan(run_dir=run_dir, config=effective, checkpoint=checkpoint, checkpoint_path=path)
+    kept_choices = dict(checkpoint.get("choices") or {}) if explicit else choices
+    plan = ResumePlan(
+        run_dir=run_dir, config=effective, choices=kept_choices, checkpoint=checkpoint, checkpoint_path=path
+    )
     summary = _read_summary(run_dir)
     if summary is not None and (summary.get("diverged") or summary.get("rounds") == rounds):
         plan.finished = summary

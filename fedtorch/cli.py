@@ -24,8 +24,10 @@ from fedtorch.report import higher_is_better, metric_direction
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-#: Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1); `main` sets the variable itself.
-_SHOW_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"
+#: Whether the user asked for tracebacks (HYDRA_FULL_ERROR=1). `main` sets HYDRA_FULL_ERROR itself and
+#: keeps the user's value in _USER_FULL_ERROR, which launcher workers (joblib, submitit) inherit.
+_USER_FULL_ERROR = "FEDTORCH_USER_HYDRA_FULL_ERROR"
+_SHOW_TRACEBACK = os.environ.get(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "")) == "1"
 
 
 def fail(message: str) -> None:
@@ -86,16 +88,21 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     export_submitit_distributed_env()
+    direction = OmegaConf.select(hydra_cfg, "sweeper.direction")  # set by an optimizing sweeper (Optuna)
     try:
-        check_sweep_direction(cfg.get("objective"), OmegaConf.select(hydra_cfg, "sweeper.direction"))
+        check_sweep_direction(cfg.get("objective"), direction)
         choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
         summary = run_experiment(cfg, output_dir, overrides=list(hydra_cfg.overrides.task), choices=choices)
+        value = objective_value(summary, cfg.get("objective"))
+        if value is None and direction is not None:
+            logged = ", ".join(sorted(summary["metrics"]))
+            raise ConfigError("objective", cfg.get("objective"), f"the sweeper needs a metric the run logged: {logged}")
     except (ConfigError, CheckpointError) as error:
         # Raised inside the job, so it is reported here: Hydra would add a line of its own.
         if _SHOW_TRACEBACK:
             raise
         fail(str(error))
-    return objective_value(summary, cfg.get("objective"))
+    return value
 
 
 def main() -> None:
@@ -108,6 +115,7 @@ def main() -> None:
     global _SHOW_TRACEBACK
     previous = os.environ.get("HYDRA_FULL_ERROR")
     _SHOW_TRACEBACK = previous == "1"
+    os.environ[_USER_FULL_ERROR] = previous or ""
     # With HYDRA_FULL_ERROR=1 Hydra re-raises the errors of config composition (an unknown group
     # option, an unknown key, an override that does not parse) instead of printing them over
     # several lines, so that they can be reported here as one line.
@@ -120,6 +128,7 @@ def main() -> None:
         hydra_error = isinstance(error, (HydraException, OmegaConfBaseException))
         fail(describe_hydra_error(error, sys.argv[1:]) if hydra_error else str(error))
     finally:
+        os.environ.pop(_USER_FULL_ERROR, None)
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

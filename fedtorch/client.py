@@ -150,16 +150,18 @@ class LocalTrainer:
         batch = n if self.batch_size == -1 else self.batch_size
         budget = self.num_steps(n, max_steps)
         classify = y.dtype == torch.int64
-        loss_sum = torch.zeros((), device=x.device)
-        correct = torch.zeros((), device=x.device, dtype=torch.int64)
         # The default hooks do nothing after backward: skip the call and its gradient list per step.
         adjusts_grads = type(hooks).after_backward is not ClientHooks.after_backward
-        seen = 0
-        steps = 0
+        # Training statistics are reduced once after the loop, not per step: a step only keeps
+        # references to its loss, predictions and labels (no extra kernels, no host sync).
+        losses: list[Tensor] = []
+        counts: list[int] = []
+        predictions: list[Tensor] = []
+        labels: list[Tensor] = []
         for perm in epoch_orders(n, batch, budget, generator):  # one epoch per permutation
             order = indices[perm.to(indices.device)]
             for start in range(0, n, batch):
-                if steps == budget:
+                if len(losses) == budget:
                     break
                 batch_ix = order[start : start + batch]
                 xb, yb = x[batch_ix], y[batch_ix]
@@ -170,21 +172,26 @@ class LocalTrainer:
                 if adjusts_grads:
                     hooks.after_backward(params, [p.grad for p in params], global_params)
                 optimizer.step()
-                steps += 1
-                count = len(batch_ix)
-                seen += count
-                loss_sum += loss.detach() * count
+                losses.append(loss.detach())
+                counts.append(len(batch_ix))
                 if classify:
-                    correct += (out.detach().argmax(-1) == yb).sum()
+                    predictions.append(out.detach().argmax(-1))
+                    labels.append(yb)
 
-        metrics = {"loss_sum": loss_sum, "samples_seen": torch.tensor(seen)}
+        metrics = {"loss_sum": torch.zeros((), device=x.device), "samples_seen": torch.tensor(sum(counts))}
+        if losses:  # sum over steps of (mean batch loss * batch size)
+            weights = torch.tensor(counts, dtype=torch.float32).to(x.device, non_blocking=True)
+            metrics["loss_sum"] = torch.dot(torch.stack(losses).float(), weights)
         if classify:
-            metrics["correct"] = correct
+            metrics["correct"] = torch.zeros((), device=x.device, dtype=torch.int64)
+            if predictions:
+                hits = torch.cat([p.reshape(-1) for p in predictions]) == torch.cat([t.reshape(-1) for t in labels])
+                metrics["correct"] = hits.sum()
         update = ClientUpdate(
             client_id=client_id,
             delta=flat.vector - global_vector,
             num_samples=n,
-            num_steps=steps,
+            num_steps=len(losses),
             metrics=metrics,
         )
         hooks.on_train_end(update)

@@ -5,11 +5,14 @@ their config group (`_target_` + options, runtime values such as the model's inp
 at the call site), then handed to the plain-Python `Simulation`.
 
 A run folder holds: `.hydra/` (written by Hydra), TensorBoard event files, `metrics.jsonl`,
-`summary.json`, `model.pt` (the final global `state_dict`) and `partition.json`.
+`summary.json`, `model.pt` (the final global `state_dict`; absent when the run diverged),
+`partition.json` and `checkpoints/round_NNNNNN.pt` (see `fedtorch.checkpoint`: `resume=auto`
+continues a folder's run from its latest checkpoint).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -61,15 +65,18 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def threads_per_run(requested: int | str, launcher: Mapping[str, Any] | None, cores: int) -> int | None:
+def threads_per_run(
+    requested: int | str, launcher: Mapping[str, Any] | None, cores: int, batch: int | None = None
+) -> int | None:
     """Torch intra-op threads for one run, or None to keep torch's default.
 
     An integer is taken as given. `auto` shares the machine between the runs a launcher runs at
     once, so parallel jobs do not oversubscribe the cores (each would otherwise start one thread
     per core, and N jobs x all cores threads run slower than N jobs x cores/N): a submitit
-    launcher's `cpus_per_task` when set, else cores // `n_jobs` under joblib (`n_jobs` -1 means
-    all cores, -2 all but one, as in joblib). Outside a parallel sweep `auto` keeps torch's default,
-    which honours OMP_NUM_THREADS (torchrun sets it to 1 per process).
+    launcher's `cpus_per_task` when set, else cores // (jobs at once) under joblib, where the jobs
+    at once are `n_jobs` (-1 means all cores, -2 all but one, as in joblib), capped by `batch`, the
+    most jobs the sweeper hands the launcher at a time (Optuna's `n_jobs`). Outside a parallel
+    sweep `auto` keeps torch's default, which honours OMP_NUM_THREADS (torchrun sets it to 1).
     """
     if requested != "auto":
         return int(requested)
@@ -81,22 +88,26 @@ def threads_per_run(requested: int | str, launcher: Mapping[str, Any] | None, co
     n_jobs = launcher.get("n_jobs")
     if isinstance(n_jobs, int) and n_jobs != 0:
         jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+        if batch is not None and batch >= 1:
+            jobs = min(jobs, batch)
         if jobs > 1:
             return max(1, cores // jobs)
     return None
 
 
-def _sweep_launcher() -> Mapping[str, Any] | None:
-    """The Hydra launcher config when this run is one job of a multirun, else None."""
+def _sweep_launcher() -> tuple[Mapping[str, Any] | None, int | None]:
+    """(the Hydra launcher config, the sweeper's batch size) when this run is one job of a multirun."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return None
+        return None, None
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
+        return None, None
+    sweeper = hydra_cfg.sweeper
+    batch = sweeper.get("n_jobs") if "n_jobs" in sweeper else sweeper.get("max_batch_size")
+    return OmegaConf.to_container(hydra_cfg.launcher, resolve=False), batch if isinstance(batch, int) else None
 
 
 def rerun_command() -> list[str]:
@@ -124,6 +135,26 @@ def build_federation(cfg: DictConfig) -> tuple[DatasetSplits, FederatedDataset]:
         if data.test_groups is not None:
             test_parts = natural_partition(data.test_groups, num_groups=len(parts))
     return data, FederatedDataset.from_partition(data, parts, test_parts, names)
+
+
+def subsample_test_set(fed: FederatedDataset, max_samples: int, rng: np.random.Generator) -> FederatedDataset:
+    """`fed` with a fixed random subset of at most `max_samples` of its central test samples (`eval_max_samples`).
+
+    Evaluation then costs at most `max_samples` forward passes (smoke runs, quick looks at big test
+    sets). The subset is drawn once from the seed, so every round is scored on the same samples; the
+    clients' own test splits keep the samples of theirs that fall in it.
+    """
+    total = len(fed.test_y)
+    if max_samples >= total:
+        return fed
+    keep = torch.from_numpy(np.sort(rng.choice(total, size=max_samples, replace=False)))
+    client_test = None
+    if fed.client_test_indices is not None:
+        position = torch.full((total,), -1, dtype=torch.int64)  # old test index -> new one (-1: dropped)
+        position[keep] = torch.arange(max_samples)
+        client_test = [position[ix.cpu()][position[ix.cpu()] >= 0] for ix in fed.client_test_indices]
+    keep = keep.to(fed.test_y.device)
+    return dataclasses.replace(fed, test_x=fed.test_x[keep], test_y=fed.test_y[keep], client_test_indices=client_test)
 
 
 def partition_record(fed: FederatedDataset) -> dict[str, Any]:
@@ -175,6 +206,7 @@ def build_pipeline(
     """
     from fedtorch.compression import CommunicationMeter
     from fedtorch.privacy import PrivacyOptionError, build_privacy
+    from fedtorch.strategies.base import Strategy
 
     sampler.setup(fed.client_sizes())  # idempotent; the cohort size and the sampling scheme need it
     runtime = {
@@ -192,12 +224,14 @@ def build_pipeline(
         transforms.append(_build(cfg.compression, "compression", **_runtime_kwargs(cfg.compression, **runtime)))
     secagg = []
     if cfg.get("secagg") and cfg.secagg.get("_target_"):
+        sum_only = not strategy.aggregator.needs_all_updates and type(strategy).on_update is Strategy.on_update
         _require(
             cfg,
             "secagg._target_",
-            not strategy.aggregator.needs_all_updates,
-            f"secure aggregation reveals only the sum; {type(strategy.aggregator).__name__} needs every update "
-            "(use a mean-based strategy or secagg=none)",
+            sum_only,
+            f"secure aggregation reveals only the sum; {type(strategy).__name__} with "
+            f"{type(strategy.aggregator).__name__} needs individual updates (use a FedAvg/FedOpt-family strategy "
+            "with the mean, or secagg=none)",
         )
         secagg.append(_build(cfg.secagg, "secagg", **_runtime_kwargs(cfg.secagg, **runtime)))
     options = OmegaConf.to_container(cfg.privacy, resolve=True) if cfg.get("privacy") else {}
@@ -282,6 +316,10 @@ def run_experiment(
     """
     output_dir = Path(output_dir)
     validate(cfg)
+    if launched_by_torchrun():
+        # One process of `torchrun -m fedtorch backend=distributed`: join the group, use rank 0's folder.
+        init_process_group(resolve_device(cfg.device))
+        output_dir = agree_on_output_dir(output_dir)
     plan, cfg = plan_run(cfg, output_dir, overrides, choices)
     if plan.finished is not None:
         state = plan.finished
@@ -295,7 +333,10 @@ def run_experiment(
         log.info("resuming run folder %s; this invocation's Hydra folder is %s", plan.run_dir, output_dir)
         output_dir = plan.run_dir
     device = resolve_device(cfg.device)
-    threads = threads_per_run(cfg.get("num_threads", "auto"), _sweep_launcher(), available_cores())
+    if launched_by_torchrun():
+        device = init_process_group(device)  # the group exists; this picks the rank's GPU (cuda:LOCAL_RANK)
+    launcher, batch = _sweep_launcher()
+    threads = threads_per_run(cfg.get("num_threads", "auto"), launcher, available_cores(), batch)
     if threads is not None:
         torch.set_num_threads(threads)
 
@@ -308,6 +349,8 @@ def run_experiment(
             raise _build_error("dataset", error) from error
         raise data_error(cfg, cause) from error
     validate_federation(cfg, fed.num_clients)
+    if cfg.get("eval_max_samples") is not None:
+        fed = subsample_test_set(fed, cfg.eval_max_samples, numpy_rng(cfg.seed, "eval_subset"))
     torch.manual_seed(derive_seed(cfg.seed, "model_init"))
     model = _build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
     trainer = _build(cfg.trainer, "trainer")
@@ -316,11 +359,7 @@ def run_experiment(
     backend = _build(cfg.backend, "backend")
     # Attacks, compression, privacy, secure aggregation (+ the byte meter): see build_pipeline.
     train_fed, trainer, transforms, pipeline_callbacks = build_pipeline(cfg, fed, model, sampler, strategy, trainer)
-    if launched_by_torchrun():
-        # One process of `torchrun -m fedtorch backend=distributed`: join the group, use rank 0's folder.
-        device = init_process_group(device)
-        output_dir = agree_on_output_dir(output_dir)
-    writer = is_main_process()  # rank 0 alone writes the run folder
+    writer = is_main_process()  # rank 0 alone writes the run folder (distributed backend)
 
     callbacks = list(pipeline_callbacks)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -333,7 +372,7 @@ def run_experiment(
     checkpointer = None
     if cfg.get("checkpoint_every", 0):
         # Last, so it saves the other callbacks' state after they have seen the round.
-        checkpointer = Checkpoint(output_dir, cfg.checkpoint_every, config=resolved, choices=dict(choices or {}))
+        checkpointer = Checkpoint(output_dir, cfg.checkpoint_every, config=resolved, choices=plan.choices)
         callbacks.append(checkpointer)
     if not writer:
         callbacks = []  # logs, checkpoints and the progress bar are rank 0's; its stop decision binds all
@@ -379,8 +418,9 @@ def run_experiment(
         summary["last_checkpoint_round"] = last
         summary["message"] = divergence_message(cfg, summary, sim.state.history[-1], last)
         log.warning(summary["message"])
-    elif writer:
-        atomic_torch_save(output_dir / "model.pt", sim.global_state_dict())
+    if writer:
+        if not summary["diverged"]:
+            atomic_torch_save(output_dir / "model.pt", sim.global_state_dict())
         atomic_write_json(output_dir / "summary.json", summary)
         print(f"run folder: {output_dir}", flush=True)
     return summary

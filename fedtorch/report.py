@@ -28,6 +28,7 @@ This module reads files only; it imports neither Hydra nor torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -374,7 +375,11 @@ def _cell_text(value: Any) -> str:
         stat, total = value
         reached = f"{stat.n}/{total}"
         return f"not reached ({reached})" if stat.n == 0 else f"{stat.text()} ({reached})"
-    return str(value).replace("|", "\\|")
+    text = str(value)
+    if len(text) > 8 and "." in text:  # a long float (Optuna-sampled) reads better rounded; the CSV keeps it whole
+        with contextlib.suppress(ValueError):
+            text = _fmt(float(text))
+    return text.replace("|", "\\|")
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -549,6 +554,11 @@ def _plot(plt: Any, groups: Sequence[Group], y_key: str, x_key: str | None, x_la
         return False
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_key)
+    if x_key is None:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    ax.set_title(f"{y_key}: mean ± std over seeds", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small" if len(groups) <= 8 else "x-small")
     fig.tight_layout()  # keeps the figure size: the PNG is exactly FIGURE_SIZE_INCHES * FIGURE_DPI
@@ -623,6 +633,10 @@ def _optuna_results(paths: Sequence[Path]) -> list[str]:
     return lines
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def build_report(
     paths: Sequence[str | Path],
     out_dir: str | Path,
@@ -649,18 +663,20 @@ def build_report(
     counts = {s: sum(r.status == s for r in runs) for s in ("ok", "diverged", "failed")}
     md = [f"# fedtorch report: {', '.join(str(p) for p in roots)}", ""]
     md.append(
-        f"{len(runs)} runs in {len(groups)} configurations "
+        f"{_count(len(runs), 'run')} in {_count(len(groups), 'configuration')} "
         f"({counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed). "
         "Cells: mean ± std over the seeds of the runs that finished (status ok)."
     )
-    md += ["", markdown_table(rows)]
-    md += _optuna_results(roots)
+    md += ["", markdown_table(rows).rstrip("\n")]
+    optuna = _optuna_results(roots)
+    if optuna:
+        md += ["", *optuna]
     not_ok = [r for r in runs if r.status != "ok"]
     if not_ok:
         md += ["", "## Runs not in the statistics", ""]
         for run in not_ok:
             why = (
-                f"diverged at round {run.summary['rounds']}"
+                f"diverged at round {run.summary.get('diverged_round') or run.summary['rounds']}"
                 if run.status == "diverged"
                 else f"failed: no summary.json ({run.history[-1]['round'] if run.history else 0} rounds logged)"
             )

@@ -186,6 +186,15 @@ class SizeWeightedSampler(_FixedSizeSampler):
     n_k, so pair this sampler with `strategy.weighted=false` knowing it approximates Scheme I.
     """
 
+    def setup(self, client_sizes: np.ndarray) -> None:
+        super().setup(client_sizes)
+        nonempty = int(np.count_nonzero(self.client_sizes))
+        if self.cohort_size > nonempty:
+            raise ValueError(
+                f"sampler.clients_per_round={self.cohort_size} exceeds the {nonempty} clients that have data "
+                "(a size-weighted draw never picks an empty client)"
+            )
+
     def sample(self, round_idx: int, rng: np.random.Generator) -> np.ndarray:
         p = self.client_sizes / self.client_sizes.sum()
         return np.sort(rng.choice(self.num_clients, size=self.cohort_size, replace=False, p=p))

@@ -83,6 +83,8 @@ def _check_run(cfg: DictConfig) -> None:
     _int_at_least(cfg, "seed", 0)
     if "checkpoint_every" in cfg:
         _int_at_least(cfg, "checkpoint_every", 0, " (0: no checkpoints)")
+    if cfg.get("eval_max_samples") is not None:
+        _int_at_least(cfg, "eval_max_samples", 1, ", or null for the whole test set")
     if "resume" in cfg:
         resume = cfg.resume
         require(cfg, "resume", resume is None or isinstance(resume, str), "auto, null, or a run folder path")

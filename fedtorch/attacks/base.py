@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.client import ClientUpdate
@@ -68,6 +69,11 @@ class Attack(UpdateTransform):
             update.delta = self.tamper(round_idx, update)
             self._round_count += 1
         return update
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        parts: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, self._round_count, group=group)
+        self._round_count = sum(parts)
 
     def round_metrics(self) -> dict[str, float]:
         return {"attack/malicious_clients": float(self._round_count)}

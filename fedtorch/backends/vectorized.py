@@ -21,13 +21,15 @@ Exactly the sequential semantics:
 What cannot be batched falls back to the sequential backend for the whole run, with one logged
 warning naming the reason: a trainer other than `LocalTrainer`, a strategy with client hooks
 (FedProx, SCAFFOLD, ...), models with buffers that training updates (BatchNorm), dropout, frozen
-parameters, a custom loss function, or an optimizer other than SGD.
+parameters, a custom loss function, or an optimizer other than SGD (all checked at set-up); and a
+chunk that torch.func fails to train (an operation without a batching rule, out of memory): the
+clients of the round not yet aggregated are then trained sequentially.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -194,15 +196,15 @@ class VectorizedBackend:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} must be >= 1 or None (the whole round)")
         self.chunk_size = chunk_size
-        self.fallback: str | None = None
+        self.fallback: str | None = None  # why training runs sequentially, once it does
 
     def setup(self, sim: Simulation) -> None:
-        self.fallback = fallback_reason(sim)
-        if self.fallback is not None:
-            log.warning("backend=vectorized falls back to sequential training: %s", self.fallback)
-            self.name = "sequential"  # what summary.json records: how the clients were really trained
-            self._sequential = SequentialBackend()
-            self._sequential.setup(sim)
+        self._sequential = SequentialBackend()
+        self._sequential.setup(sim)
+        self.fallback = None
+        reason = fallback_reason(sim)
+        if reason is not None:
+            self._fall_back(reason)
             return
         config = sgd_config(sim.trainer)
         assert isinstance(config, SGDConfig)
@@ -223,13 +225,27 @@ class VectorizedBackend:
 
         self._step = vmap(grad_and_value(client_loss, has_aux=True))
 
+    def _fall_back(self, reason: str) -> None:
+        log.warning("backend=vectorized falls back to sequential training: %s", reason)
+        self.fallback = reason
+        self.name = "sequential"  # what summary.json records: how the clients were really trained
+
     def train_round(self, sim: Simulation, round_idx: int, client_ids: np.ndarray, stats: RoundAccumulator) -> None:
-        if self.fallback is not None:
-            self._sequential.train_round(sim, round_idx, client_ids, stats)
-            return
-        for update in self.train_clients(sim, round_idx, [int(c) for c in client_ids]):
-            stats.add(update)
-            sim.strategy.accept(round_idx, update)
+        ids = [int(c) for c in client_ids]
+        done: set[int] = set()
+        if self.fallback is None:
+            try:
+                # Updates stream into the aggregator chunk by chunk: memory holds one chunk's updates.
+                for chunk in self.chunks(sim, round_idx, ids):
+                    for update in chunk:
+                        stats.add(update)
+                        sim.strategy.accept(round_idx, update)
+                        done.add(update.client_id)
+                return
+            except RuntimeError as error:  # an operation torch.func cannot batch, or out of memory
+                self._fall_back(f"torch.func could not train the chunk ({str(error).splitlines()[0]})")
+        remaining = np.asarray([c for c in ids if c not in done], dtype=np.int64)
+        self._sequential.train_round(sim, round_idx, remaining, stats)
 
     def train_clients(
         self,
@@ -238,11 +254,21 @@ class VectorizedBackend:
         client_ids: Sequence[int],
         max_steps: Sequence[int | None] | None = None,
     ) -> list[ClientUpdate]:
-        """Local training of `client_ids` from the global weights, chunk by chunk.
+        """Local training of `client_ids` from the global weights (all chunks; see `chunks`)."""
+        return [update for chunk in self.chunks(sim, round_idx, client_ids, max_steps) for update in chunk]
+
+    def chunks(
+        self,
+        sim: Simulation,
+        round_idx: int,
+        client_ids: Sequence[int],
+        max_steps: Sequence[int | None] | None = None,
+    ) -> Iterator[list[ClientUpdate]]:
+        """Local training of `client_ids` from the global weights, one chunk's updates at a time.
 
         Each client's step budget is capped, like `Simulation.train_client`, by the sampler's
-        straggler budget (`sim.client_max_steps`) and by `max_steps` when given. Updates come back
-        chunk by chunk; inside a chunk in the order of `client_ids`.
+        straggler budget (`sim.client_max_steps`) and by `max_steps` when given. Clients are
+        grouped by budget; a chunk's updates come in the order of `client_ids`.
         """
         budgets = []
         for i, client_id in enumerate(client_ids):
@@ -251,16 +277,14 @@ class VectorizedBackend:
             budgets.append(sim.trainer.num_steps(len(self.cpu_indices[client_id]), cap))
         order = sorted(range(len(client_ids)), key=lambda i: -budgets[i])  # stable: ties keep their order
         size = self.chunk_size or max(len(order), 1)
-        updates: list[ClientUpdate] = []
         for start in range(0, len(order), size):
             members = order[start : start + size]
             schedule = chunk_schedule(
                 sim, round_idx, [client_ids[i] for i in members], [budgets[i] for i in members], self.cpu_indices
             )
             chunk = self._train_chunk(sim, schedule)
-            # Hand the updates over in the caller's order (for one chunk: exactly the sequential order).
-            updates.extend(u for _, u in sorted(zip(members, chunk), key=lambda pair: pair[0]))
-        return updates
+            # The caller's order (for a single chunk exactly the sequential backend's order).
+            yield [u for _, u in sorted(zip(members, chunk), key=lambda pair: pair[0])]
 
     def _train_chunk(self, sim: Simulation, schedule: ChunkSchedule) -> list[ClientUpdate]:
         device = sim.device

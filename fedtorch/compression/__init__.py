@@ -1,8 +1,8 @@
 """Communication: compressors of client updates and the byte meter every run carries.
 
-    TopK                 top-k sparsification with error feedback (topk.py)
-    QSGD                 unbiased b-bit stochastic quantization (qsgd.py)
-    CommunicationMeter   comm/bytes_up, comm/bytes_down and totals, always on (meter.py)
+TopK                 top-k sparsification with error feedback (topk.py)
+QSGD                 unbiased b-bit stochastic quantization (qsgd.py)
+CommunicationMeter   comm/bytes_up, comm/bytes_down and totals, always on (meter.py)
 """
 
 from fedtorch.compression.base import Compressor, payload_bytes

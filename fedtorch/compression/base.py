@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.client import ClientUpdate
@@ -40,6 +41,19 @@ class Compressor(UpdateTransform):
         self.seed = seed
         self.error_feedback = error_feedback
         self.residuals: dict[int, Tensor] = {}
+        self._changed: set[int] = set()
+
+    def begin_round(self, round_idx: int, client_ids: Any) -> None:
+        self._changed = set()
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        # A client may train on another process next round: every process keeps every residual.
+        if not self.error_feedback:
+            return
+        parts: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, {k: self.residuals[k] for k in self._changed}, group=group)
+        for part in parts:
+            self.residuals.update(part)
 
     def encode(self, vector: Tensor, generator: torch.Generator) -> Payload:
         raise NotImplementedError
@@ -57,6 +71,7 @@ class Compressor(UpdateTransform):
         decoded = self.decode(payload, vector)
         if self.error_feedback:
             self.residuals[client] = (vector - decoded).cpu()
+            self._changed.add(client)
         update.delta = decoded
         update.metrics["bytes_up"] = torch.tensor(payload_bytes(payload))
         return update

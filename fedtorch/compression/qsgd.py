@@ -76,13 +76,14 @@ class QSGD(Compressor):
         uniform = torch.rand(ratio.shape, generator=generator).to(ratio.device)
         level = (lower + (uniform < ratio - lower).to(ratio.dtype)).clamp(max=self.levels).to(torch.int64)
         sign = (buckets < 0).to(torch.int64)
-        codes = (sign << (self.bits - 1)) | level
-        return {"codes": pack_bits(codes.reshape(-1), self.bits), "norms": norms.reshape(-1)}
+        codes = ((sign << (self.bits - 1)) | level).reshape(-1)[: vector.numel()]  # no codes for the padding
+        return {"codes": pack_bits(codes, self.bits), "norms": norms.reshape(-1)}
 
     def decode(self, payload: Payload, like: Tensor) -> Tensor:
         norms = payload["norms"]
         size = self.bucket_size or like.numel()
-        codes = unpack_bits(payload["codes"], self.bits, norms.numel() * size).reshape(-1, size)
+        codes = unpack_bits(payload["codes"], self.bits, like.numel())
+        codes = torch.cat([codes, codes.new_zeros(norms.numel() * size - like.numel())]).reshape(-1, size)
         level = (codes & self.levels).to(torch.float32)
         sign = 1.0 - 2.0 * (codes >> (self.bits - 1)).to(torch.float32)
         values = norms.unsqueeze(1) * sign * level / self.levels
@@ -92,4 +93,4 @@ class QSGD(Compressor):
         """Payload size for a `size`-coordinate update: packed codes + one float32 norm per bucket."""
         bucket = self.bucket_size or size
         buckets = math.ceil(size / bucket)
-        return math.ceil(buckets * bucket * self.bits / 8) + 4 * buckets
+        return math.ceil(size * self.bits / 8) + 4 * buckets

@@ -16,8 +16,24 @@ import torch
 from torch import Tensor
 
 
+class _TaskShape:
+    """What both containers say about the learning task: input shape and task type."""
+
+    train_x: Tensor
+    num_classes: int | None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample (without the batch dimension)."""
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def is_classification(self) -> bool:
+        return self.num_classes is not None
+
+
 @dataclass
-class DatasetSplits:
+class DatasetSplits(_TaskShape):
     """A centralized dataset: what every loader in `fedtorch.data` returns.
 
     Attributes:
@@ -46,22 +62,13 @@ class DatasetSplits:
         if len(self.test_x) != len(self.test_y):
             raise ValueError(f"{self.name}: test_x has {len(self.test_x)} rows, test_y {len(self.test_y)}")
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input sample (without the batch dimension)."""
-        return tuple(self.train_x.shape[1:])
-
-    @property
-    def is_classification(self) -> bool:
-        return self.num_classes is not None
-
     def train_labels(self) -> np.ndarray:
         """Train targets as a numpy array, for partitioners (labels for classification)."""
         return self.train_y.detach().cpu().numpy()
 
 
 @dataclass
-class FederatedDataset:
+class FederatedDataset(_TaskShape):
     """Train data split across clients, plus the central test set.
 
     `client_indices[k]` holds the indices (into `train_x`/`train_y`) of client k's samples;
@@ -107,14 +114,6 @@ class FederatedDataset:
     @property
     def num_clients(self) -> int:
         return len(self.client_indices)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
-
-    @property
-    def is_classification(self) -> bool:
-        return self.num_classes is not None
 
     def client_sizes(self) -> np.ndarray:
         """Number of training samples of every client."""

@@ -1,12 +1,12 @@
 """Privacy and security as update transforms that compose with every strategy.
 
-    CentralDP / DPClip      user-level DP-FedAvg, fixed or adaptive clipping (central.py)
-    DPSGDTrainer            sample-level DP-SGD on every client (dpsgd.py)
-    LocalDPAccounting       per-client accounting of local DP-SGD (dpsgd.py)
-    PrivacyAccountant       (epsilon, delta) by Google's dp-accounting library (accounting.py)
-    PrivacyBudget           stop before the target epsilon; epsilon into the summary (budget.py)
-    SecureAggregation       Bonawitz et al. 2017 masking with dropout recovery, simulated (secagg.py)
-    build_privacy           privacy options (none / central / local) -> the objects above (factory.py)
+CentralDP / DPClip      user-level DP-FedAvg, fixed or adaptive clipping (central.py)
+DPSGDTrainer            sample-level DP-SGD on every client (dpsgd.py)
+LocalDPAccounting       per-client accounting of local DP-SGD (dpsgd.py)
+PrivacyAccountant       (epsilon, delta) by Google's dp-accounting library (accounting.py)
+PrivacyBudget           stop before the target epsilon; epsilon into the summary (budget.py)
+SecureAggregation       Bonawitz et al. 2017 masking with dropout recovery, simulated (secagg.py)
+build_privacy           privacy options (none / central / local) -> the objects above (factory.py)
 """
 
 from fedtorch.privacy.accounting import (

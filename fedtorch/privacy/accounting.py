@@ -24,18 +24,28 @@ Poisson with rate q * (1 - dropout), which is what we account. Any other sampler
 
 from __future__ import annotations
 
+import importlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import dp_accounting
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from fedtorch import samplers as samplers_module
 
+if TYPE_CHECKING:
+    import dp_accounting
+
 ACCOUNTANTS = ("rdp", "pld")
+INSTALL_HINT = "differential privacy needs the dp-accounting package: pip install 'fedtorch[privacy]'"
+
+
+def require_library() -> ModuleType:
+    """`dp_accounting`, imported on first use so that runs without DP do not need it."""
+    try:
+        return importlib.import_module("dp_accounting")
+    except ImportError as error:
+        raise ImportError(INSTALL_HINT) from error
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,7 @@ def _quiet_absl():
 
 def round_event(sampling: Sampling, noise_multiplier: float) -> dp_accounting.DpEvent:
     """The DpEvent of one subsampled Gaussian release with noise std = `noise_multiplier` * C."""
+    dp_accounting = require_library()
     gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sampling.kind == "full":
         return gaussian
@@ -130,11 +141,12 @@ def make_accountant(sampling: Sampling, method: str = "rdp") -> dp_accounting.Pr
     """A fresh library accountant whose adjacency matches `sampling`."""
     if method not in ACCOUNTANTS:
         raise ValueError(f"accountant {method!r} is not one of {ACCOUNTANTS}")
+    dp_accounting = require_library()
     if sampling.kind == "without_replacement":
         if method != "rdp":
             raise ValueError("fixed-size sampling without replacement is only supported by the rdp accountant")
-        return RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    return RdpAccountant() if method == "rdp" else PLDAccountant()
+        return dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    return dp_accounting.rdp.RdpAccountant() if method == "rdp" else dp_accounting.pld.PLDAccountant()
 
 
 def compute_epsilon(
@@ -157,6 +169,7 @@ def calibrate_noise_multiplier(
     """The smallest noise multiplier whose `steps` releases stay within `target_epsilon` (library search)."""
     if target_epsilon <= 0 or steps <= 0:
         raise ValueError("calibration needs target_epsilon > 0 and steps >= 1")
+    dp_accounting = require_library()
 
     def event(z: float) -> dp_accounting.DpEvent:
         return dp_accounting.SelfComposedDpEvent(round_event(sampling, z), steps)

@@ -4,6 +4,7 @@ the final (epsilon, delta) into the run summary."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Protocol
 
 from fedtorch.simulation import Callback, Simulation
@@ -51,9 +52,10 @@ class PrivacyBudget(Callback):
             )
 
     def on_run_end(self, sim: Simulation, summary: dict[str, Any]) -> None:
+        epsilon = self.ledger.epsilon
         summary["privacy"] = {
             "mode": self.mode,
-            "epsilon": self.ledger.epsilon,
+            "epsilon": epsilon if math.isfinite(epsilon) else None,  # None: no noise, no guarantee
             "delta": self.ledger.delta,
             "target_epsilon": self.target_epsilon,
         }

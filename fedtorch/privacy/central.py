@@ -33,6 +33,7 @@ import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.aggregators import WeightedMean
@@ -55,6 +56,7 @@ class DPClip(UpdateTransform):
 
     def __init__(self, mechanism: CentralDP) -> None:
         self.mechanism = mechanism
+        self.within: dict[int, Tensor] = {}
 
     def setup(self, strategy: Strategy) -> None:
         if not isinstance(strategy.aggregator, WeightedMean):
@@ -64,6 +66,12 @@ class DPClip(UpdateTransform):
             )
         if type(strategy).client_weight is not Strategy.client_weight:
             raise ValueError(f"central DP needs uniform client weights; {type(strategy).__name__} sets its own")
+        if type(strategy).on_update is not Strategy.on_update:
+            # SCAFFOLD, FedDyn, FedNova keep server state from individual updates (or their
+            # extras), which the noise does not cover.
+            raise ValueError(
+                f"central DP covers only the noised aggregate; {type(strategy).__name__} reads individual updates"
+            )
         # DP-FedAvg's estimator is sum_k clip(Delta_k) / E[m]: every client counts the same.
         strategy.weighted = False
 
@@ -75,9 +83,18 @@ class DPClip(UpdateTransform):
         self.within[update.client_id] = within
         return update
 
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        # Every process learns which clients reported and which were within C (the server's count).
+        parts: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, {k: bool(v) for k, v in self.within.items()}, group=group)
+        self.within = {k: torch.tensor(v) for part in parts for k, v in part.items()}
+
 
 class CentralDP(UpdateTransform):
     """Server side of DP-FedAvg: noise on the sum, normalization by E[m], adaptive C, accounting.
+
+    A round in which no client reports (Poisson sampling) still releases noise / E[m]
+    (`releases_empty_rounds`): skipping it would tell the world the cohort was empty.
 
     Args:
         clip_norm: C (the initial C with adaptive clipping).
@@ -130,10 +147,9 @@ class CentralDP(UpdateTransform):
                         f"clipped_count_stddev={self.count_stddev:g} must exceed noise_multiplier / 2 "
                         f"= {self.noise_multiplier / 2:g} (Andrew et al. 2021 split z between the update and the count)"
                     )
-                self.update_noise_multiplier = (
-                    self.noise_multiplier**-2 - (2 * self.count_stddev) ** -2
-                ) ** -0.5
+                self.update_noise_multiplier = (self.noise_multiplier**-2 - (2 * self.count_stddev) ** -2) ** -0.5
         self.clipper = DPClip(self)
+        self.releases_empty_rounds = True
         self._metrics: dict[str, float] = {}
 
     def transforms(self) -> list[UpdateTransform]:
@@ -177,7 +193,9 @@ class CentralDP(UpdateTransform):
 
     def round_metrics(self) -> dict[str, float]:
         metrics = dict(self._metrics)
-        if self.accountant is not None:
+        # No noise means no guarantee: epsilon is infinite and not logged (a non-finite metric
+        # would read as divergence).
+        if self.accountant is not None and math.isfinite(self.accountant.epsilon):
             metrics["privacy/epsilon"] = self.accountant.epsilon
             metrics["privacy/delta"] = self.accountant.delta
         return metrics

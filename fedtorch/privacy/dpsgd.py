@@ -16,10 +16,12 @@ sample level (not the user level, which is what central DP-FedAvg protects).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -179,6 +181,7 @@ class LocalDPAccounting(UpdateTransform):
         self.delta = float(delta)
         self.method = method
         self.steps = [0] * len(self.sizes)
+        self._round: dict[int, int] = {}
         self._cache: dict[tuple[float, int], float] = {}
 
     def _epsilon(self, rate: float, steps: int) -> float:
@@ -193,9 +196,23 @@ class LocalDPAccounting(UpdateTransform):
         front = [(q, s) for q, s in pairs if s > 0 and not dominated(q, s)]
         return max((self._epsilon(q, s) for q, s in front), default=0.0)
 
+    def begin_round(self, round_idx: int, client_ids: Any) -> None:
+        self._round: dict[int, int] = {}
+
     def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
         self.steps[update.client_id] += update.num_steps
+        self._round[update.client_id] = update.num_steps
         return update
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        # Add the steps of the clients the other processes trained this round.
+        parts: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, self._round, group=group)
+        mine = self._round
+        for part in parts:
+            for k, steps in part.items():
+                if k not in mine:
+                    self.steps[k] += steps
 
     @property
     def epsilon(self) -> float:
@@ -209,7 +226,8 @@ class LocalDPAccounting(UpdateTransform):
         )
 
     def round_metrics(self) -> dict[str, float]:
-        return {"privacy/epsilon": self.epsilon, "privacy/delta": self.delta}
+        epsilon = self.epsilon
+        return {"privacy/epsilon": epsilon, "privacy/delta": self.delta} if math.isfinite(epsilon) else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": list(self.steps)}

@@ -21,7 +21,13 @@ from typing import Any
 
 from fedtorch.aggregators import WeightedMean
 from fedtorch.client import LocalTrainer
-from fedtorch.privacy.accounting import ACCOUNTANTS, PrivacyAccountant, calibrate_noise_multiplier, sampling_of
+from fedtorch.privacy.accounting import (
+    ACCOUNTANTS,
+    PrivacyAccountant,
+    calibrate_noise_multiplier,
+    require_library,
+    sampling_of,
+)
 from fedtorch.privacy.budget import PrivacyBudget
 from fedtorch.privacy.central import CentralDP
 from fedtorch.privacy.dpsgd import DPSGDTrainer, LocalDPAccounting
@@ -82,6 +88,10 @@ def build_privacy(
         raise PrivacyOptionError("privacy.mode", mode, f"one of {', '.join(MODES)}")
     if mode == "none":
         return PrivacySetup(trainer=trainer)
+    try:
+        require_library()
+    except ImportError as error:
+        raise PrivacyOptionError("privacy.mode", mode, str(error)) from error
     method = options.get("accountant", "rdp")
     if method not in ACCOUNTANTS:
         raise PrivacyOptionError("privacy.accountant", method, f"one of {', '.join(ACCOUNTANTS)}")
@@ -120,6 +130,13 @@ def _central(
     if type(strategy).client_weight is not Strategy.client_weight:
         raise PrivacyOptionError(
             "strategy", type(strategy).__name__, "central DP needs uniform client weights; this strategy sets its own"
+        )
+    if type(strategy).on_update is not Strategy.on_update:
+        raise PrivacyOptionError(
+            "strategy",
+            type(strategy).__name__,
+            "central DP covers only the noised aggregate, and this strategy keeps server state from individual "
+            "updates (use a FedAvg/FedOpt-family strategy: fedavg, fedavgm, fedadam, fedadagrad, fedyogi, fedprox)",
         )
     try:
         sampling = sampling_of(sampler)

@@ -121,6 +121,10 @@ class SecureAggregation(UpdateTransform):
             raise ValueError(
                 f"secure aggregation reveals only the sum; {type(strategy.aggregator).__name__} needs every update"
             )
+        if type(strategy).on_update is not Strategy.on_update:
+            raise ValueError(
+                f"secure aggregation reveals only the sum; {type(strategy).__name__} reads individual updates"
+            )
         self.strategy = strategy
 
     # -- protocol pieces (public so tests can check what the server sees) ----------------------
@@ -139,9 +143,6 @@ class SecureAggregation(UpdateTransform):
     def _prg(self, seed: int, size: int, device: torch.device) -> Tensor:
         generator = torch.Generator().manual_seed(seed % 2**63)
         return torch.randint(0, self.modulus, (size,), generator=generator, dtype=torch.int64).to(device)
-
-    def _pair_mask(self, seed: int, size: int, device: torch.device) -> Tensor:
-        return self._prg(seed, size, device)
 
     def encode(self, vector: Tensor, weight: float, cohort_size: int) -> Tensor:
         """round(w * x * 2^f) mod R, after checking that a sum of `cohort_size` such values cannot wrap."""
@@ -168,7 +169,7 @@ class SecureAggregation(UpdateTransform):
         for other in cohort:
             if other == client:
                 continue
-            pair = self._pair_mask(pow(self.public_key(round_idx, other), sk, PRIME), size, device)
+            pair = self._prg(pow(self.public_key(round_idx, other), sk, PRIME), size, device)
             masked = masked + pair if client < other else masked - pair
             masked = torch.remainder(masked, self.modulus)
         return torch.remainder(masked, self.modulus)
@@ -198,7 +199,7 @@ class SecureAggregation(UpdateTransform):
                 continue
             sk_v = self._reconstruct(round_idx, v, self.secret_key(round_idx, v), 1, holders, t)
             for u in survivors:
-                pair = self._pair_mask(pow(self.public_key(round_idx, u), sk_v, PRIME), size, device)
+                pair = self._prg(pow(self.public_key(round_idx, u), sk_v, PRIME), size, device)
                 # y_u carried +PRG(s_uv) when u < v, -PRG(s_uv) when u > v: undo that.
                 total = total - pair if u < v else total + pair
                 total = torch.remainder(total, self.modulus)
@@ -209,7 +210,8 @@ class SecureAggregation(UpdateTransform):
         self.cohort = sorted(int(k) for k in client_ids)
         self.received_clients = []
         self.received_weight = 0.0
-        self._sum: Tensor | None = None
+        like = self.strategy.global_vector
+        self._sum = torch.zeros(like.numel(), dtype=torch.int64, device=like.device)
         self._metrics = {}
 
     def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
@@ -219,8 +221,6 @@ class SecureAggregation(UpdateTransform):
         weight = self.strategy.client_weight(update)
         masked = self.mask(round_idx, client, self.cohort, self.encode(update.delta, weight, len(self.cohort)))
         dropped = self.dropout > 0 and numpy_rng(self.seed, "secagg_dropout", round_idx, client).random() < self.dropout
-        if self._sum is None:
-            self._sum = torch.zeros_like(masked)
         if not dropped:
             self._sum = torch.remainder(self._sum + masked, self.modulus)
             self.received_clients.append(client)
@@ -234,8 +234,6 @@ class SecureAggregation(UpdateTransform):
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         # Each process holds the masked sum of the clients it trained. int64 wrap-around in the
         # all_reduce is harmless: R divides 2^64.
-        if self._sum is None:
-            raise RuntimeError("secure aggregation merge() on a process that masked no update")
         dist.all_reduce(self._sum, group=group)
         self._sum = torch.remainder(self._sum, self.modulus)
         parts: list[Any] = [None] * dist.get_world_size(group)
@@ -250,7 +248,7 @@ class SecureAggregation(UpdateTransform):
             "secagg/dropped": float(len(self.cohort) - len(survivors)),
             "secagg/aborted": 0.0,
         }
-        if len(survivors) < t or self._sum is None or self.received_weight <= 0:
+        if len(survivors) < t or self.received_weight <= 0:
             # Too few survivors to reconstruct the masks: the protocol aborts, the model stays put.
             self._metrics["secagg/aborted"] = 1.0
             self.received_clients = []

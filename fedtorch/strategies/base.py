@@ -42,6 +42,9 @@ class UpdateTransform:
     it is aggregated; `on_aggregate` sees the reduced update before the server optimizer step.
     """
 
+    #: True when the server step must run even in a round without updates (central DP's noise).
+    releases_empty_rounds: bool = False
+
     def setup(self, strategy: Strategy) -> None:
         """Called once with the strategy (layout, global vector, number of clients are known)."""
 
@@ -148,9 +151,14 @@ class Strategy:
         dropouts; fewer than 2f + 3 for Krum) leaves the model and the server optimizer's state
         unchanged, as a server that waits for enough reports would; `skipped_rounds` counts them.
         """
-        if self.aggregator.count < max(1, getattr(self.aggregator, "min_updates", 1)):
+        if self.aggregator.count == 0 and any(t.releases_empty_rounds for t in self.transforms):
+            # Central DP must publish noise even when nobody took part: skipping the step would
+            # reveal that the cohort was empty. The transforms turn a zero aggregate into that release.
+            aggregate = torch.zeros_like(self.global_vector)
+        elif self.aggregator.count < max(1, getattr(self.aggregator, "min_updates", 1)):
             return self.skip_round(round_idx)
-        aggregate = self.aggregator.result().to(self.global_vector.dtype)
+        else:
+            aggregate = self.aggregator.result().to(self.global_vector.dtype)
         for transform in self.transforms:
             aggregate = transform.on_aggregate(round_idx, aggregate, self.aggregator.count)
         self.apply_aggregate(round_idx, aggregate)

@@ -5,6 +5,10 @@ FedPer's heads are one vector per client. With thousands of clients those vector
 sit on the GPU: `ClientStateStore` keeps them on the CPU (or another storage device) and hands
 a device copy to the client's turn, so accelerator memory holds one client's state at a time.
 Only clients that have taken part hold an entry; the others read as a default.
+
+With the distributed backend each process trains a share of the round's clients, and a client
+need not land on the same process every round: `sync()` (called from the strategy's `merge`)
+gives every process the entries the others wrote this round, so all stores stay identical.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 
@@ -28,6 +33,7 @@ class ClientStateStore:
         self.storage = torch.device(storage)
         self.pin_memory = pin_memory and self.storage.type == "cpu" and torch.cuda.is_available()
         self._state: dict[int, Tensor] = {}
+        self._written: set[int] = set()  # entries written since the last sync
 
     def __contains__(self, client_id: int) -> bool:
         return int(client_id) in self._state
@@ -53,6 +59,17 @@ class ClientStateStore:
         if self.pin_memory:
             stored = stored.pin_memory()
         self._state[int(client_id)] = stored
+        self._written.add(int(client_id))
+
+    def sync(self, group: dist.ProcessGroup | None = None) -> None:
+        """Exchange the entries written since the last sync with every process of `group`."""
+        mine = {k: self._state[k] for k in sorted(self._written)}
+        gathered: list[dict[int, Tensor] | None] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, mine, group=group)
+        for entries in gathered:
+            for k, value in (entries or {}).items():
+                self._state[k] = value.to(self.storage)
+        self._written.clear()
 
     def state_dict(self) -> dict[str, Any]:
         return {"state": {k: v.clone() for k, v in self._state.items()}}

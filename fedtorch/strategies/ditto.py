@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 
 from fedtorch.aggregators import Aggregator
 from fedtorch.client import ClientHooks, ClientUpdate
@@ -71,6 +72,10 @@ class Ditto(Strategy):
 
     def attach(self, sim: Simulation) -> None:
         self.sim = sim
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        super().merge(group)
+        self.personal.sync(group)  # a client may train on another process next time
 
     def client_hooks(self, round_idx: int, client_id: int) -> ClientHooks:
         return _DittoHooks(self, round_idx, client_id)

@@ -114,6 +114,7 @@ class FedDyn(Strategy):
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         super().merge(group)
+        self.client_grad.sync(group)  # a client may train on another process next time
         self._drift.merge(group)
 
     def finish_round(self, round_idx: int) -> dict[str, float]:

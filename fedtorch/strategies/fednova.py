@@ -89,7 +89,9 @@ class FedNova(Strategy):
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         super().merge(group)
-        packed = torch.tensor([self._weighted_steps, self._weight], dtype=torch.float64, device=self.global_vector.device)
+        packed = torch.tensor(
+            [self._weighted_steps, self._weight], dtype=torch.float64, device=self.global_vector.device
+        )
         dist.all_reduce(packed, group=group)
         self._weighted_steps, self._weight = float(packed[0]), float(packed[1])
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.aggregators import Aggregator
@@ -107,6 +108,10 @@ class FedPer(Strategy):
             out.append(head[start : start + n].view(shape))
             start += n
         return out
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        super().merge(group)
+        self.heads.sync(group)  # a client may train on another process next time
 
     def client_hooks(self, round_idx: int, client_id: int) -> ClientHooks:
         return _FedPerHooks(self, client_id)

@@ -50,8 +50,8 @@ def evaluate_per_client(
 
     Returns `{prefix}/loss_{mean,std,worst10}` and, for classification,
     `{prefix}/accuracy_{mean,std,worst10}` over the clients that have test samples (the same
-    summary `fedtorch.evaluation.evaluate` gives the global model as `clients/...`). Empty when the federation has no per-client test
-    splits (e.g. an IID split of a centralized dataset).
+    summary `fedtorch.evaluation.evaluate` gives the global model as `clients/...`). Empty when
+    the federation has no per-client test splits (e.g. an IID split of a centralized dataset).
     """
     fed = sim.federation
     if fed.client_test_indices is None:

@@ -113,6 +113,7 @@ class Scaffold(Strategy):
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         super().merge(group)
+        self.client_c.sync(group)  # a client may train on another process next time
         self._c_delta.merge(group)
 
     def finish_round(self, round_idx: int) -> dict[str, float]:

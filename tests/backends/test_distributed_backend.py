@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from fedtorch.backends.distributed import assign_clients
-from fedtorch.experiment import ConfigError, validate
-from tests.conftest import REPO_ROOT, run_cli
+from fedtorch.experiment import ConfigError, run_experiment, validate
+from tests.conftest import REPO_ROOT
 
 # 7 of 30 unequal FedProx devices per round, momentum, 2 local epochs: clients take different
 # numbers of steps, so the two ranks train different numbers of clients.
@@ -37,11 +37,11 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def single_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("single") / "run"
-    proc = run_cli(*RUN, f"hydra.run.dir={run_dir}", env={"OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
+@pytest.fixture
+def single_run(compose_config, tmp_path) -> Path:
+    """The same experiment in this process (one thread, like each torchrun rank)."""
+    run_dir = tmp_path / "single"
+    run_experiment(compose_config(*RUN), run_dir)
     return run_dir
 
 
@@ -49,9 +49,10 @@ def single_run(tmp_path_factory) -> Path:
 def test_torchrun_two_processes_equal_single_process(tmp_path, single_run):
     # A run dir with microseconds: the two ranks' Hydra folders always differ, so rank 1 must
     # adopt rank 0's and remove its own.
-    proc = torchrun(tmp_path, *RUN, "backend=distributed", "hydra.run.dir=outputs/${now:%H-%M-%S-%f}")
+    (tmp_path / "dist").mkdir()
+    proc = torchrun(tmp_path / "dist", *RUN, "backend=distributed", "hydra.run.dir=outputs/${now:%H-%M-%S-%f}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = list((tmp_path / "outputs").iterdir())
+    runs = list((tmp_path / "dist" / "outputs").iterdir())
     assert len(runs) == 1, runs  # no stray folder from rank 1
     run_dir = runs[0]
     assert proc.stdout.count("run folder:") == 1 and proc.stdout.strip().endswith(f"run folder: {run_dir.resolve()}")
@@ -109,3 +110,31 @@ def test_bad_backend_options_are_config_errors(compose_config, override, key):
     with pytest.raises(ConfigError) as error:
         validate(compose_config(f"backend={backend}", override))
     assert error.value.key == key
+
+
+@pytest.mark.parametrize("inner", ["sequential", "vectorized"])
+def test_outside_torchrun_it_runs_its_inner_backend_in_one_process(inner, caplog):
+    from fedtorch.backends import DistributedBackend, SequentialBackend
+    from fedtorch.client import LocalTrainer
+    from fedtorch.data.base import FederatedDataset
+    from fedtorch.data.partitions import natural_partition
+    from fedtorch.data.synthetic import load_fedprox_synthetic
+    from fedtorch.models import LogisticRegression
+    from fedtorch.samplers import UniformSampler
+    from fedtorch.simulation import Simulation
+    from fedtorch.strategies import FedAvg
+
+    data = load_fedprox_synthetic(num_devices=8, max_samples_per_device=40)
+    fed = FederatedDataset.from_partition(data, natural_partition(data.train_groups))
+
+    def run(backend):
+        torch.manual_seed(0)
+        model = LogisticRegression(data.input_shape, data.num_classes)
+        sim = Simulation(fed, model, FedAvg(), UniformSampler(5), LocalTrainer(lr=0.1), rounds=2, backend=backend)
+        return sim.run(), sim.global_vector
+
+    summary, weights = run(DistributedBackend(inner=inner))
+    _, reference = run(SequentialBackend())
+    assert summary["backend"] == "distributed" and summary["world_size"] == 1
+    assert "outside torchrun" in caplog.text
+    torch.testing.assert_close(weights, reference, rtol=1e-5, atol=1e-6)

@@ -7,7 +7,7 @@ import torch
 
 from fedtorch.client import LocalTrainer
 from fedtorch.data.base import DatasetSplits, FederatedDataset
-from fedtorch.models import LinearRegression, MLP
+from fedtorch.models import MLP, LinearRegression
 from fedtorch.samplers import ClientSampler, FullParticipation
 from fedtorch.simulation import Simulation
 from fedtorch.strategies.base import Strategy
@@ -58,7 +58,7 @@ def classification_federation(num_clients: int = 6, seed: int = 0, dim: int = 5,
     xs, ys, parts, tests_x, tests_y, test_parts = [], [], [], [], [], []
     start = test_start = 0
     centers = rng.normal(0, 2, (classes, dim))
-    for k in range(num_clients):
+    for _ in range(num_clients):
         n, n_test = int(rng.integers(15, 40)), 10
         probs = rng.dirichlet(np.full(classes, 0.5))
         labels = rng.choice(classes, size=n + n_test, p=probs)

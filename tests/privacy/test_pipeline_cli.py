@@ -1,0 +1,69 @@
+"""The privacy, security and robustness groups from the command line: any combination is one
+command, the logs carry epsilon and bytes, the budget stops the run, bad combinations fail fast."""
+
+from __future__ import annotations
+
+import json
+
+import dp_accounting
+from dp_accounting.rdp import RdpAccountant
+
+from tests.conftest import run_cli
+from tests.privacy.helpers import metric
+
+QUICK = ("logging.progress=false", "checkpoint_every=0", "num_threads=1")
+
+
+def _epsilon(q: float, z: float, rounds: int, delta: float) -> float:
+    acc = RdpAccountant()
+    acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), rounds)
+    return acc.get_epsilon(delta)
+
+
+def test_central_dp_with_secagg_compression_and_attack_stops_at_the_budget(tmp_path):
+    delta = 30**-1.1  # the default for the 30 synthetic devices
+    target = (_epsilon(0.5, 1.0, 3, delta) + _epsilon(0.5, 1.0, 4, delta)) / 2  # room for 3 rounds
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "privacy=central_fixed", "sampler=poisson", "sampler.q=0.5", f"privacy.target_epsilon={target}",
+        "secagg=bonawitz", "secagg.dropout=0.2", "compression=topk", "attack=sign_flip", "rounds=6",
+        f"hydra.run.dir={run_dir}", *QUICK,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert metric(r, "privacy/epsilon") == _epsilon(0.5, 1.0, r["round"], delta)
+        assert metric(r, "privacy/delta") == delta
+        assert metric(r, "comm/bytes_up") > 0 and metric(r, "comm/bytes_down") == 610 * 4 * r["round/clients"]
+        assert metric(r, "secagg/aborted") in (0.0, 1.0) and metric(r, "attack/malicious_clients") >= 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "privacy_budget" and summary["rounds"] == 3
+    assert summary["privacy"] == {
+        "mode": "central", "epsilon": metric(rows[-1], "privacy/epsilon"), "delta": delta, "target_epsilon": target,
+    }  # fmt: skip
+    assert metric(summary["metrics"], "comm/bytes_up_total") == sum(metric(r, "comm/bytes_up") for r in rows)
+
+
+def test_local_dpsgd_with_qsgd_and_a_backdoor(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "privacy=local_dpsgd", "compression=qsgd", "attack=backdoor", "rounds=2", "sampler.clients_per_round=4",
+        f"hydra.run.dir={run_dir}", *QUICK,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metric(last, "privacy/epsilon") > 0 and metric(last, "privacy/delta") == 1e-5
+    assert 0.0 <= metric(last, "attack/backdoor_success") <= 1.0
+    # 610 parameters: 4-bit codes packed + 2 float32 bucket norms, against 4 bytes per parameter.
+    assert metric(last, "comm/up_ratio") == (305 + 2 * 4) / (610 * 4)
+    assert json.loads((run_dir / "summary.json").read_text())["privacy"]["mode"] == "local"
+
+
+def test_unaccountable_sampler_and_secagg_with_median_fail_before_training(tmp_path):
+    proc = run_cli("privacy=central_fixed", "sampler=availability", f"hydra.run.dir={tmp_path / 'a'}", *QUICK)
+    assert proc.returncode == 2
+    assert "sampler" in proc.stderr and "sampler=poisson" in proc.stderr
+    proc = run_cli("secagg=bonawitz", "strategy=median", f"hydra.run.dir={tmp_path / 'b'}", *QUICK)
+    assert proc.returncode == 2 and "only the sum" in proc.stderr
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()

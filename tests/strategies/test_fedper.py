@@ -1,0 +1,68 @@
+"""FedPer (Arivazhagan et al. 2019): shared body, heads that never leave the clients."""
+
+from __future__ import annotations
+
+import torch
+
+from fedtorch.client import LocalTrainer
+from fedtorch.params import FlatModel
+from fedtorch.samplers import UniformSampler
+from fedtorch.seeding import torch_generator
+from fedtorch.strategies import FedAvg, FedPer
+from fedtorch.strategies.fedper import head_parameter_indices
+from tests.strategies._federations import classification_federation, mlp_model, simulate
+
+
+def _sim(fed, strategy, rounds=2, clients=6):
+    trainer = LocalTrainer(lr=0.1, epochs=1, batch_size=8)
+    return simulate(fed, mlp_model(fed), strategy, trainer, rounds=rounds, sampler=UniformSampler(clients), run=False)
+
+
+def test_default_head_is_the_last_layer():
+    fed = classification_federation()
+    sim = _sim(fed, FedPer())
+    names = [sim.flat.layout.names[i] for i in sim.strategy.head_indices]
+    assert names == ["net.3.weight", "net.3.bias"]
+    assert head_parameter_indices(sim.flat.layout, 4, ["net.1"]) == [0, 1]
+
+
+def test_heads_stay_local_and_bodies_are_averaged():
+    fed = classification_federation()
+    fedper, fedavg = _sim(fed, FedPer()), _sim(fed, FedAvg())
+    start = fedper.global_vector.clone()
+    head = slice(fedper.strategy.head_segments[0][0], fedper.strategy.head_segments[-1][1])
+    fedper.run_round(1)
+    fedavg.run_round(1)
+    # Round 1 (no client has a head yet): FedAvg on the body, the global head untouched.
+    assert torch.equal(fedper.global_vector[: head.start], fedavg.global_vector[: head.start])
+    assert torch.equal(fedper.global_vector[head], start[head])
+    assert not torch.equal(fedavg.global_vector[head], start[head])
+    assert len(fedper.strategy.heads) == fed.num_clients
+
+    # Round 2: client k starts from global body + its own head; check its new head by retraining.
+    heads_before = {k: fedper.strategy.heads.get(k, "cpu") for k in range(fed.num_clients)}
+    body_before = fedper.global_vector.clone()
+    fedper.state.round = 1
+    fedper.run_round(2)
+    assert torch.equal(fedper.global_vector[head], start[head])
+    flat = FlatModel(mlp_model(fed))
+    trainer = LocalTrainer(lr=0.1, epochs=1, batch_size=8)
+    for k in range(fed.num_clients):
+        begin = body_before.clone()
+        begin[head] = heads_before[k]
+        torch.manual_seed(0)
+        trainer.train(flat, begin, fed.train_x, fed.train_y, fed.client_indices[k],
+                      torch_generator(0, "batches", 2, k), fedper.loss_fn)  # fmt: skip
+        assert torch.equal(fedper.strategy.heads.get(k, "cpu"), flat.vector[head])
+
+
+def test_personal_vector_combines_global_body_and_own_head():
+    fed = classification_federation()
+    sim = _sim(fed, FedPer(), rounds=1)
+    sim.run()
+    head = slice(sim.strategy.head_segments[0][0], sim.strategy.head_segments[-1][1])
+    for k in range(fed.num_clients):
+        vector = sim.strategy.personal_vector(k)
+        assert torch.equal(vector[: head.start], sim.global_vector[: head.start])
+        assert torch.equal(vector[head], sim.strategy.heads.get(k, "cpu"))
+    assert "eval/personal/accuracy_mean" in sim.state.history[-1]
