@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedtorch.callbacks.base import Callback
 from fedtorch.checkpoint import kill_point, rng_state, set_rng_state
 from fedtorch.client import ClientUpdate, LocalTrainer, default_loss
 from fedtorch.data.base import FederatedDataset
@@ -37,26 +38,6 @@ def _seed_torch(seed: int, device: torch.device) -> None:
             torch.cuda.manual_seed(seed)
     elif device.type != "cpu":
         torch.manual_seed(seed)
-
-
-class Callback:
-    """Observer of a simulation: logging, progress, checkpoints, early stopping."""
-
-    def on_run_start(self, sim: Simulation) -> None:
-        pass
-
-    def on_round_end(self, sim: Simulation, round_idx: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def on_run_end(self, sim: Simulation, summary: dict[str, Any]) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        """State a resumed run needs (e.g. early stopping's patience); most callbacks have none."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @dataclass
@@ -147,6 +128,19 @@ class Simulation:
         self.strategy.attach(self)
         self._cohort: tuple[int, Cohort] | None = None  # (round, its cohort) from the sampler
         self.backend.setup(self)
+
+    # -- what callbacks read (fedtorch.callbacks.base.RunView) ---------------------------------
+    @property
+    def round(self) -> int:
+        return self.state.round
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state.history
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
 
     # -- one client, shared by every backend --------------------------------------------------
     def train_client(self, round_idx: int, client_id: int, max_steps: int | None = None) -> ClientUpdate:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fedtorch.callbacks.base import Callback
 from fedtorch.checkpoint import (
     checkpoint_path,
     list_checkpoints,
@@ -14,7 +15,9 @@ from fedtorch.checkpoint import (
     remove_temporaries,
     save_checkpoint,
 )
-from fedtorch.simulation import Callback, Simulation
+
+if TYPE_CHECKING:
+    from fedtorch.simulation import Simulation
 
 
 class Checkpoint(Callback):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from fedtorch.callbacks.base import Callback
 from fedtorch.io import atomic_write_text
-from fedtorch.simulation import Callback, Simulation
+
+if TYPE_CHECKING:
+    from fedtorch.simulation import Simulation
 
 
 class MetricsFile(Callback):

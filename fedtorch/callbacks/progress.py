@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from fedtorch.simulation import Callback, Simulation
+from fedtorch.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from fedtorch.simulation import Simulation
 
 _SHOWN = ("train/loss", "eval/loss", "eval/accuracy")
 

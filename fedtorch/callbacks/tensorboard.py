@@ -4,15 +4,18 @@ entry (flattened config + final metrics) so a sweep's jobs compare in the HParam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from fedtorch.callbacks.base import Callback
 from fedtorch.data.partitions import partition_stats
-from fedtorch.simulation import Callback, Simulation
+
+if TYPE_CHECKING:
+    from fedtorch.simulation import Simulation
 
 
 def label_distribution_image(label_counts: np.ndarray, max_clients: int = 256, cell: int = 6) -> torch.Tensor:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from fedtorch.simulation import Callback, Simulation
+from fedtorch.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from fedtorch.simulation import Simulation
 
 log = logging.getLogger("fedtorch")
 

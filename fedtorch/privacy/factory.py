@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedtorch.aggregators import WeightedMean
+from fedtorch.callbacks.base import Callback
 from fedtorch.client import LocalTrainer
 from fedtorch.privacy.accounting import (
     ACCOUNTANTS,
@@ -31,7 +32,6 @@ from fedtorch.privacy.accounting import (
 from fedtorch.privacy.budget import PrivacyBudget
 from fedtorch.privacy.central import CentralDP
 from fedtorch.privacy.dpsgd import DPSGDTrainer, LocalDPAccounting
-from fedtorch.simulation import Callback
 from fedtorch.strategies.base import Strategy, UpdateTransform
 
 log = logging.getLogger("fedtorch")
