@@ -14,6 +14,11 @@ Krum) keep the stack. `merge(process_group)` combines the partial state of sever
     Bulyan             iterated Krum + trimmed median              (El Mhamdi et al. 2018)
     GeometricMedian    smoothed Weiszfeld, RFA                     (Pillutla et al. 2022)
 
+Every reducer's result is independent of the order in which updates arrive (backends and
+processes deliver them in different orders): the stacked reducers sort the round's updates by
+client id before reducing, so ties (Krum's and Bulyan's equal scores) go to the lower client id;
+the streaming sums are exact up to float64 rounding in any order.
+
 The robust reducers treat every update alike (a Byzantine client could lie about its sample
 count), except GeometricMedian, which uses the weights as RFA does (`weighted=false` turns that off).
 """
@@ -39,7 +44,8 @@ class Aggregator:
         """Start a round; `like` (the global vector) fixes the size, dtype and device."""
         raise NotImplementedError
 
-    def add(self, delta: Tensor, weight: float) -> None:
+    def add(self, delta: Tensor, weight: float, client_id: int | None = None) -> None:
+        """Add one update with its aggregation weight; `client_id` orders ties (stacked reducers)."""
         raise NotImplementedError
 
     def result(self) -> Tensor:
@@ -67,7 +73,7 @@ class WeightedSum(Aggregator):
         self._weight = 0.0
         self._count = 0
 
-    def add(self, delta: Tensor, weight: float) -> None:
+    def add(self, delta: Tensor, weight: float, client_id: int | None = None) -> None:
         if self._sum is None:
             self._sum = torch.zeros_like(delta, dtype=torch.float64)
         # In-place add promotes float32 to float64 exactly, with no temporary copy.
@@ -132,21 +138,27 @@ class StackedAggregator(Aggregator):
     def reset(self, like: Tensor | None = None) -> None:
         self._updates: list[Tensor] = []
         self._weights: list[float] = []
+        self._ids: list[int] = []
         self._like = like
         self._count = 0
 
-    def add(self, delta: Tensor, weight: float) -> None:
+    def add(self, delta: Tensor, weight: float, client_id: int | None = None) -> None:
         # A copy: a backend may reuse the buffer an update arrived in for the next client.
         self._updates.append(delta.detach().clone())
         self._weights.append(float(weight))
+        # Without an id, the arrival position (offset past any real id) keeps the order stable.
+        self._ids.append(int(client_id) if client_id is not None else 2**40 + self._count)
         self._count += 1
 
     def stack(self) -> tuple[Tensor, Tensor]:
-        """The round's updates as an (n, d) tensor and their weights as an (n,) float64 tensor."""
+        """The round's updates as an (n, d) tensor, sorted by client id, and their weights as an (n,)
+        float64 tensor: the reducers then never depend on the order the updates arrived in."""
         if not self._updates:
             raise RuntimeError(f"{type(self).__name__}.result() with no updates")
-        stack = torch.stack(self._updates)
-        return stack, torch.tensor(self._weights, dtype=torch.float64, device=stack.device)
+        order = sorted(range(len(self._ids)), key=lambda i: self._ids[i])
+        stack = torch.stack([self._updates[i] for i in order])
+        weights = torch.tensor([self._weights[i] for i in order], dtype=torch.float64, device=stack.device)
+        return stack, weights
 
     def result(self) -> Tensor:
         if self._count < self.min_updates:
@@ -172,16 +184,18 @@ class StackedAggregator(Aggregator):
         largest = max(counts_host)
         if largest == 0:
             return
-        # One row per update: the update followed by its weight, padded to the largest stack.
-        local = torch.zeros(largest, size + 1, device=device, dtype=torch.float64)
-        for i, (update, weight) in enumerate(zip(self._updates, self._weights)):
+        # One row per update: the update, its weight and its client id, padded to the largest stack.
+        local = torch.zeros(largest, size + 2, device=device, dtype=torch.float64)
+        for i, (update, weight, client) in enumerate(zip(self._updates, self._weights, self._ids)):
             local[i, :size] = update
             local[i, size] = weight
+            local[i, size + 1] = float(client)  # exact: client ids are far below 2^53
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local, group=group)
         rows = torch.cat([g[:n] for g, n in zip(gathered, counts_host)])
         self._updates = [row[:size].to(dtype) for row in rows]
         self._weights = rows[:, size].tolist()
+        self._ids = [int(v) for v in rows[:, size + 1].tolist()]
         self._count = len(self._updates)
 
 
@@ -232,7 +246,7 @@ def pairwise_sq_distances(stack: Tensor) -> Tensor:
     sq = (x * x).sum(dim=1)
     dist2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
     # Exactly symmetric (a matmul need not be): mutual nearest neighbours then tie exactly, and
-    # ties go to the earlier update as the algorithms specify, not to rounding noise.
+    # ties go to the first update of the (client-id sorted) stack, not to rounding noise.
     dist2 = (dist2 + dist2.T) / 2
     dist2.clamp_(min=0.0).fill_diagonal_(0.0)
     return dist2
@@ -253,7 +267,7 @@ class Krum(StackedAggregator):
 
     Each update is scored by the sum of squared distances to its n - f - 2 nearest neighbours;
     Krum (m = 1) returns the update with the lowest score, Multi-Krum the plain mean of the m
-    lowest-scoring ones (ties go to the earlier update). Tolerates f Byzantine clients when
+    lowest-scoring ones (ties go to the lower client id). Tolerates f Byzantine clients when
     n > 2f + 2. Ignores the sample weights.
 
     Args:
@@ -279,7 +293,7 @@ class Krum(StackedAggregator):
         n = stack.shape[0]
         m = n - self.f if self.m is None else min(self.m, n)
         scores = krum_scores(pairwise_sq_distances(stack), self.f)
-        # A stable sort on the scores: equal scores keep the order the updates arrived in.
+        # A stable sort on the scores: equal scores keep the stack's order (by client id).
         return torch.sort(scores, stable=True).indices[:m]
 
     def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:

@@ -1,7 +1,9 @@
-"""Command-line entry point: Hydra composes the config, this module turns it into objects.
+"""Command-line entry point: Hydra composes the config, this module hands it to the experiment.
 
 This is the edge of the system: the only module (with `fedtorch.experiment`'s builders) that
-knows about Hydra and OmegaConf. Everything it builds is a plain Python object.
+knows about Hydra and OmegaConf. What Hydra knows about the invocation (its output folder, the
+overrides, the group choices, the sweep launcher) is read here and passed on as a plain
+`fedtorch.experiment.Runtime`.
 
     python -m fedtorch                                    # the default experiment
     python -m fedtorch strategy=fedavg trainer.lr=0.05    # any value overridden
@@ -10,17 +12,19 @@ knows about Hydra and OmegaConf. Everything it builds is a plain Python object.
 
 from __future__ import annotations
 
-import math
+import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from fedtorch.backends.distributed import launched_by_torchrun, shutdown
 from fedtorch.checkpoint import CheckpointError
-from fedtorch.experiment import ConfigError, run_experiment
-from fedtorch.report import higher_is_better, metric_direction
+from fedtorch.experiment import ConfigError, Runtime, run_experiment
+from fedtorch.objective import check_sweep_direction, objective_value
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -31,36 +35,11 @@ _SHOW_TRACEBACK = os.environ.get(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ER
 
 
 def fail(message: str) -> None:
-    """One clear line on stderr, no traceback, exit status 2 (HYDRA_FULL_ERROR=1 shows the traceback)."""
-    print(f"fedtorch: error: {message}", file=sys.stderr)
+    """One clear line on stderr (from rank 0 only, under torchrun), no traceback, exit status 2
+    (HYDRA_FULL_ERROR=1 shows the traceback)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"fedtorch: error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def objective_value(summary: dict, objective: str | None) -> float | None:
-    """The value a Hydra sweeper (Optuna) optimizes: the run's final `objective` metric.
-
-    A diverged run, or a non-finite value, scores the worst value for the metric's direction
-    (-inf when higher is better, else +inf): Optuna then records a bad trial and steers away,
-    where a NaN would fail the trial and, with Hydra's default max_failure_rate, the whole study.
-    """
-    if not objective:
-        return None
-    value = summary["metrics"].get(objective)
-    if value is None:
-        return None
-    if summary.get("diverged") or not math.isfinite(value):
-        return -math.inf if higher_is_better(objective) else math.inf
-    return float(value)
-
-
-def check_sweep_direction(objective: str | None, direction: object) -> None:
-    """Refuse a sweeper direction that contradicts the objective's name (maximizing a loss)."""
-    if not objective or direction is None or isinstance(direction, (list, tuple)) or OmegaConf.is_list(direction):
-        return
-    name = getattr(direction, "name", str(direction))
-    expected = metric_direction(objective)
-    if expected is not None and name != expected:
-        raise ConfigError("hydra.sweeper.direction", name, f"objective={objective} should be {expected}d")
 
 
 def export_submitit_distributed_env() -> None:
@@ -81,28 +60,85 @@ def export_submitit_distributed_env() -> None:
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def runtime_of_hydra() -> Runtime:
+    """This invocation as Hydra knows it: output folder, overrides, choices, the sweep launcher."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    launcher, batch = None, None
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sweeper = hydra_cfg.sweeper
+        found = sweeper.get("n_jobs") if "n_jobs" in sweeper else sweeper.get("max_batch_size")
+        batch = found if isinstance(found, int) else None
+        launcher = OmegaConf.to_container(hydra_cfg.launcher, resolve=False)
+    overrides = tuple(hydra_cfg.overrides.task)
+    return Runtime(
+        output_dir=Path(hydra_cfg.runtime.output_dir),
+        overrides=overrides,
+        choices={k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")},
+        launcher=launcher,
+        sweeper_batch=batch,
+        # Inside a sweep the process's argv is the parent's sweep command: the job's own overrides.
+        rerun=(sys.executable, "-m", "fedtorch", *overrides),
+        on_run_dir=move_log,
+    )
+
+
+def move_log(to_dir: Path) -> None:
+    """Point this job's log file at `to_dir` (a resumed run logs into its own folder)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            target = to_dir / Path(handler.baseFilename).name
+            replacement = logging.FileHandler(target, mode="a")
+            replacement.setFormatter(handler.formatter)
+            replacement.setLevel(handler.level)
+            root.removeHandler(handler)
+            handler.close()
+            root.addHandler(replacement)
+
+
+def remove_if_only_hydra(run_dir: Path) -> None:
+    """Remove a run folder that holds only what Hydra wrote (`.hydra/`, the job's log) and our lock:
+    a run refused at start, or a dry run, leaves nothing behind. Anything else keeps the folder."""
+    if not run_dir.is_dir() or os.environ.get("RANK", "0") != "0":
+        return
+    if not all(e.name in (".hydra", ".lock") or (e.is_file() and e.suffix == ".log") for e in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent, cwd = run_dir.parent.resolve(), Path.cwd().resolve()
+    while parent != cwd and parent.is_relative_to(cwd):
+        try:
+            parent.rmdir()  # only if empty: other runs' folders stay
+        except OSError:
+            break
+        parent = parent.parent
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    hydra_cfg = HydraConfig.get()
-    output_dir = Path(hydra_cfg.runtime.output_dir)
     export_submitit_distributed_env()
-    direction = OmegaConf.select(hydra_cfg, "sweeper.direction")  # set by an optimizing sweeper (Optuna)
+    direction = OmegaConf.select(HydraConfig.get(), "sweeper.direction")  # set by an optimizing sweeper (Optuna)
+    runtime = runtime_of_hydra()
     try:
         check_sweep_direction(cfg.get("objective"), direction)
-        choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
-        summary = run_experiment(cfg, output_dir, overrides=list(hydra_cfg.overrides.task), choices=choices)
-        value = objective_value(summary, cfg.get("objective"))
-        if value is None and direction is not None:
-            logged = ", ".join(sorted(summary["metrics"]))
-            raise ConfigError("objective", cfg.get("objective"), f"the sweeper needs a metric the run logged: {logged}")
+        summary = run_experiment(cfg, runtime)
     except (ConfigError, CheckpointError) as error:
         # Raised inside the job, so it is reported here: Hydra would add a line of its own.
+        remove_if_only_hydra(runtime.output_dir)
         if _SHOW_TRACEBACK:
             raise
         fail(str(error))
-    return value
+    if summary.get("dry_run"):
+        remove_if_only_hydra(runtime.output_dir)
+        return None
+    output = Path(summary.get("output_dir", runtime.output_dir))
+    if output != runtime.output_dir:
+        remove_if_only_hydra(runtime.output_dir)  # resumed another folder: this one holds only Hydra's files
+    return objective_value(summary, cfg.get("objective"), direction)
 
 
 def main() -> None:
@@ -133,6 +169,8 @@ def main() -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = previous
+        if launched_by_torchrun():
+            shutdown()  # every exit path: a process that exits with a live group can abort (SIGABRT)
 
 
 if __name__ == "__main__":

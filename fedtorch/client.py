@@ -16,9 +16,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedtorch.errors import check_int, check_number, require
 from fedtorch.params import FlatModel
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The local optimizer as strategies and backends need to know it: its class and SGD's options.
+
+    Read back from an optimizer the trainer's factory actually builds (`LocalTrainer.optimizer_settings`),
+    so any way of configuring it (a `functools.partial`, Hydra's `_partial_`, a subclass) is seen as
+    it really is. The SGD fields are those of `torch.optim.SGD`'s `defaults` (0 / False otherwise).
+    """
+
+    name: str
+    lr: float
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    maximize: bool = False
+
+    @property
+    def is_sgd(self) -> bool:
+        """Exactly `torch.optim.SGD` (not a subclass, whose step may differ)."""
+        return self.name == "SGD"
 
 
 @dataclass
@@ -48,8 +72,11 @@ class ClientHooks:
 
     The default does nothing; strategies override what they need. `params` are the model's
     parameters (views into the flat weight vector) and `global_params` the matching views of the
-    global weights the client started from.
+    weights the client started from. A subclass that overrides `after_backward` sets
+    `adjusts_gradients = True` (the trainer skips the per-step call otherwise).
     """
+
+    adjusts_gradients: bool = False
 
     def on_train_start(self, params: list[Tensor], global_params: list[Tensor]) -> None:
         """Called once the global weights are loaded, before the first step."""
@@ -93,6 +120,9 @@ class LocalTrainer:
         max_steps: optional cap on local steps (a fixed-step budget instead of epochs).
     """
 
+    #: Plain minibatch training that a batched backend may reproduce (DP-SGD's trainer is not).
+    vectorizable: bool = True
+
     def __init__(
         self,
         optimizer: OptimizerFactory | None = None,
@@ -102,10 +132,31 @@ class LocalTrainer:
         max_steps: int | None = None,
     ) -> None:
         self.optimizer = optimizer if optimizer is not None else torch.optim.SGD
-        self.lr = lr
-        self.epochs = epochs
+        self.lr = check_number("trainer.lr", lr, 0.0, low_open=True)
+        self.epochs = check_int("trainer.epochs", epochs, 1)
+        require(
+            "trainer.batch_size",
+            batch_size,
+            isinstance(batch_size, int) and not isinstance(batch_size, bool) and (batch_size >= 1 or batch_size == -1),
+            "an integer >= 1, or -1 for the whole client dataset",
+        )
         self.batch_size = batch_size
-        self.max_steps = max_steps
+        self.max_steps = check_int("trainer.max_steps", max_steps, 1, none=True)
+
+    def optimizer_settings(self) -> OptimizerSettings:
+        """What `self.optimizer` builds, probed on a dummy parameter (see `OptimizerSettings`)."""
+        probe = self.optimizer([nn.Parameter(torch.zeros(1))], lr=self.lr)
+        d = probe.defaults
+        sgd = type(probe) is torch.optim.SGD
+        return OptimizerSettings(
+            name="SGD" if sgd else type(probe).__name__,
+            lr=float(d.get("lr", self.lr)),
+            momentum=float(d.get("momentum", 0.0)) if sgd else 0.0,
+            dampening=float(d.get("dampening", 0.0)) if sgd else 0.0,
+            weight_decay=float(d.get("weight_decay", 0.0)),
+            nesterov=bool(d.get("nesterov", False)) if sgd else False,
+            maximize=bool(d.get("maximize", False)),
+        )
 
     def num_steps(self, num_samples: int, max_steps: int | None = None) -> int:
         """Local steps for a client with `num_samples` samples (a closed form, for FedNova and tests)."""
@@ -150,8 +201,8 @@ class LocalTrainer:
         batch = n if self.batch_size == -1 else self.batch_size
         budget = self.num_steps(n, max_steps)
         classify = y.dtype == torch.int64
-        # The default hooks do nothing after backward: skip the call and its gradient list per step.
-        adjusts_grads = type(hooks).after_backward is not ClientHooks.after_backward
+        # Hooks that do nothing after backward: skip the call and its gradient list per step.
+        adjusts_grads = hooks.adjusts_gradients
         # Training statistics are reduced once after the loop, not per step: a step only keeps
         # references to its loss, predictions and labels (no extra kernels, no host sync).
         losses: list[Tensor] = []

@@ -8,6 +8,7 @@ message serves a Hydra user and a library user.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -17,3 +18,73 @@ class OptionError(ValueError):
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         super().__init__(f"{key}={value!r} is invalid: {allowed}")
         self.key, self.value, self.allowed = key, value, allowed
+
+
+# -- checks constructors use, so every bad value is refused where it is used ----------------------
+def _is_int(value: Any) -> bool:
+    # bool is an int in Python, but `rounds=true` is a typo, not 1 round
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require(key: str, value: Any, ok: bool, allowed: str) -> None:
+    """Raise `OptionError(key, value, allowed)` unless `ok`."""
+    if not ok:
+        raise OptionError(key, value, allowed)
+
+
+def check_number(
+    key: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    none: bool = False,
+) -> float | None:
+    """`value` as a float, if it is a finite number in the interval; else OptionError naming it.
+
+    The interval is [low, high] with `low_open`/`high_open` excluding an end; `none=True` also
+    admits None (returned as is).
+    """
+    if value is None and none:
+        return None
+    ok = _is_number(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        if low is not None and high is not None:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            allowed = f"a number in {interval}"
+        elif low is not None:
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            allowed = f"a finite number {'<' if high_open else '<='} {high:g}"
+        else:
+            allowed = "a finite number"
+        raise OptionError(key, value, allowed + (", or null" if none else ""))
+    return float(value)
+
+
+def check_int(key: str, value: Any, low: int | None = None, *, none: bool = False, extra: str = "") -> int | None:
+    """`value` if it is an integer >= `low` (None admitted with `none=True`); else OptionError."""
+    if value is None and none:
+        return None
+    ok = _is_int(value) and (low is None or value >= low)
+    if not ok:
+        allowed = "an integer" + (f" >= {low}" if low is not None else "") + extra + (", or null" if none else "")
+        raise OptionError(key, value, allowed)
+    return int(value)
+
+
+def check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """`value` if it is one of `choices`; else OptionError listing them."""
+    if value not in choices:
+        raise OptionError(key, value, "one of " + ", ".join(str(c) for c in choices))
+    return value

@@ -1,12 +1,15 @@
-"""Evaluation of a model on a held-out set: loss and (for classification) accuracy."""
+"""Evaluation: the global model on the central test set, personal models on the clients' own test
+splits, and the loss of a model on a client's training data."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from fedtorch.params import FlatModel
 
 
 @torch.no_grad()
@@ -66,6 +69,79 @@ def evaluate(
         for key in ("loss", "accuracy"):
             result.update({f"clients/{k}": v for k, v in client_fairness(per_client, key).items()})
     return result
+
+
+@torch.no_grad()
+def mean_loss(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    indices: Tensor,
+    loss_fn: Callable[..., Tensor],
+    batch_size: int = 2048,
+) -> Tensor:
+    """Mean loss of `model` (in eval mode) over the samples `indices`, as a 0-d float64 tensor."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=x.device, dtype=torch.float64)
+    for start in range(0, len(indices), batch_size):
+        ix = indices[start : start + batch_size]
+        total += loss_fn(model(x[ix]), y[ix]).double() * len(ix)
+    model.train(was_training)
+    return total / max(len(indices), 1)
+
+
+@torch.no_grad()
+def evaluate_per_client(
+    flat: FlatModel,
+    test_x: Tensor,
+    test_y: Tensor,
+    client_test_indices: Sequence[Tensor],
+    vector_for_client: Callable[[int], Tensor],
+    loss_fn: Callable[..., Tensor],
+    classify: bool,
+    prefix: str = "personal",
+    batch_size: int = 2048,
+) -> dict[str, float]:
+    """Evaluate client k's model `vector_for_client(k)` on client k's test split, for every client.
+
+    Personalized FL is judged on each client's own test split with the model that client would
+    use. Returns `{prefix}/loss_{mean,std,worst10}` and, for classification,
+    `{prefix}/accuracy_{mean,std,worst10}` over the clients that have test samples (the summary
+    `evaluate` gives the global model as `clients/...`). The per-client sums stay on the device
+    until one host sync at the end.
+    """
+    model = flat.module
+    was_training = model.training
+    model.eval()
+    num_clients = len(client_test_indices)
+    loss_sums = torch.zeros(num_clients, device=test_x.device, dtype=torch.float64)
+    correct = torch.zeros(num_clients, device=test_x.device, dtype=torch.int64)
+    loaded: Tensor | None = None
+    for k, indices in enumerate(client_test_indices):
+        if len(indices) == 0:
+            continue
+        vector = vector_for_client(k)
+        if vector is not loaded:  # the same (global) vector for many clients is loaded once
+            flat.load(vector)
+            loaded = vector
+        for start in range(0, len(indices), batch_size):
+            ix = indices[start : start + batch_size]
+            out = model(test_x[ix])
+            loss_sums[k] += loss_fn(out, test_y[ix]).double() * len(ix)
+            if classify:
+                correct[k] += (out.argmax(-1) == test_y[ix]).sum()
+    model.train(was_training)
+    sizes = torch.tensor([len(ix) for ix in client_test_indices], dtype=torch.float64)
+    has_test = sizes > 0
+    per_client = [{"loss": float(v)} for v in (loss_sums.cpu() / sizes.clamp(min=1))[has_test]]
+    if classify:
+        for row, value in zip(per_client, (correct.cpu().double() / sizes.clamp(min=1))[has_test]):
+            row["accuracy"] = float(value)
+    metrics: dict[str, float] = {}
+    for key in ("loss", "accuracy"):
+        metrics.update({f"{prefix}/{k}": v for k, v in client_fairness(per_client, key).items()})
+    return metrics
 
 
 def client_fairness(per_client: list[dict[str, float]], key: str = "accuracy") -> dict[str, float]:

@@ -1,25 +1,35 @@
-"""Build a simulation from a composed config and run it, writing the run folder.
+"""One run, from a composed config to a finished run folder, in four steps.
 
-Hydra stays here and in `fedtorch.cli`: objects are built with `hydra.utils.instantiate` from
-their config group (`_target_` + options, runtime values such as the model's input shape passed
-at the call site), then handed to the plain-Python `Simulation`.
+    plan     validate the run-level keys once, decide how the run starts (fresh, resumed,
+             already finished), join torchrun's process group, pick the threads
+    build    every component from its config group (`_target_` + options, runtime values passed
+             at the call site), the data, the federation, then the `Simulation`, which checks that
+             the components compose (`fedtorch.compatibility`): every refusal comes here, before
+             any file is written
+    run      restore a checkpoint, train (or, with `dry_run=true`, nothing)
+    write    summary.json, model.pt, the last line naming the run folder
+
+Hydra stays here and in `fedtorch.cli`: objects are built with `hydra.utils.instantiate`, and what
+Hydra knows about the invocation (its output folder, the overrides, the group choices, the sweep
+launcher) arrives as a plain `Runtime` that `fedtorch.cli` fills in.
 
 A run folder holds: `.hydra/` (written by Hydra), TensorBoard event files, `metrics.jsonl`,
-`summary.json`, `model.pt` (the final global `state_dict`; absent when the run diverged),
-`partition.json` and `checkpoints/round_NNNNNN.pt` (see `fedtorch.checkpoint`: `resume=auto`
-continues a folder's run from its latest checkpoint).
+`summary.json`, `model.pt` (the final global `state_dict`; absent when the run failed),
+`partition.json` and `checkpoints/round_NNNNNN.pt` (`resume=auto` continues a folder's run from
+its latest checkpoint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,35 +39,52 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedtorch.backends.distributed import (
-    agree_on_output_dir,
-    init_process_group,
-    is_main_process,
-    launched_by_torchrun,
-)
+from fedtorch.backends.distributed import agree_on_output_dir, init_process_group, launched_by_torchrun, rank
 from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
-from fedtorch.checkpoint import CheckpointError, ResumePlan, plan_resume, remove_temporaries
+from fedtorch.checkpoint import CheckpointError, ResumePlan, RunFolderLock, plan_resume, remove_temporaries
+from fedtorch.compression import CommunicationMeter
 from fedtorch.data.base import DatasetSplits, FederatedDataset
-from fedtorch.data.partitions import Natural, natural_partition, partition_stats
+from fedtorch.data.partitions import natural_partition, partition_stats
+from fedtorch.errors import OptionError
 from fedtorch.io import atomic_torch_save, atomic_write_json
+from fedtorch.pipeline import UpdateTransform
+from fedtorch.privacy.mechanisms import PrivacyMechanism
 from fedtorch.provenance import collect as collect_provenance
 from fedtorch.seeding import derive_seed, numpy_rng
 from fedtorch.simulation import Simulation
-from fedtorch.validation import (  # noqa: F401  (re-exported: validation lived here before)
-    ConfigError,
-    _require,
-    data_error,
-    instantiation_error,
-    resolve_device,
-    validate,
-    validate_backend,
-    validate_cohort,
-    validate_federation,
-)
+from fedtorch.validation import ConfigError, data_error, instantiation_error, resolve_device, validate
 
 log = logging.getLogger("fedtorch")
 
+#: What a run writes into its folder besides `.hydra/`, the log and `checkpoints/`.
+RESULT_FILES = ("summary.json", "model.pt", "metrics.jsonl", "partition.json")
 
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the launcher knows about this invocation (filled in by `fedtorch.cli` from Hydra).
+
+    Attributes:
+        output_dir: the folder Hydra made for this run (or job of a sweep).
+        overrides: the command line's overrides (`trainer.lr=0.05`, ...).
+        choices: the config-group choices (`strategy: fedavg`, ...), for resume checks and messages.
+        launcher: the sweep launcher's config when this run is one job of a parallel sweep.
+        sweeper_batch: the most jobs the sweeper hands the launcher at once (Optuna's n_jobs).
+        rerun: the command that reruns this job alone.
+        on_run_dir: called with the run folder when it is not `output_dir` (resuming another run's
+            folder), so that the launcher can move its log there.
+    """
+
+    output_dir: Path
+    overrides: tuple[str, ...] = ()
+    choices: Mapping[str, Any] = field(default_factory=dict)
+    launcher: Mapping[str, Any] | None = None
+    sweeper_batch: int | None = None
+    rerun: tuple[str, ...] = ()
+    on_run_dir: Callable[[Path], None] | None = None
+
+
+# -- step 1: plan ---------------------------------------------------------------------------------
 def available_cores() -> int:
     """CPU cores this process may use (its affinity mask where the OS has one, e.g. under SLURM)."""
     if hasattr(os, "sched_getaffinity"):
@@ -95,54 +122,121 @@ def threads_per_run(
     return None
 
 
-def _sweep_launcher() -> tuple[Mapping[str, Any] | None, int | None]:
-    """(the Hydra launcher config, the sweeper's batch size) when this run is one job of a multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None, None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None, None
-    sweeper = hydra_cfg.sweeper
-    batch = sweeper.get("n_jobs") if "n_jobs" in sweeper else sweeper.get("max_batch_size")
-    return OmegaConf.to_container(hydra_cfg.launcher, resolve=False), batch if isinstance(batch, int) else None
-
-
-def rerun_command() -> list[str]:
-    """The command that reruns this job alone: `python -m fedtorch <its overrides>`.
-
-    Inside a sweep the process's own argv is the parent's sweep command (or a joblib/submitit
-    worker's), so the job's overrides come from Hydra; outside Hydra, the process's argv.
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return [sys.executable, *sys.argv]
-    return [sys.executable, "-m", "fedtorch", *HydraConfig.get().overrides.task]
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op thread count set for the duration of a run, then restored."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
-def build_federation(cfg: DictConfig) -> tuple[DatasetSplits, FederatedDataset]:
+@dataclass
+class Plan:
+    """Step 1's decisions: where the run writes, what it starts from, and how it runs."""
+
+    cfg: DictConfig
+    resume: ResumePlan
+    device: torch.device
+    threads: int | None
+    runtime: Runtime
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resume.run_dir
+
+
+def plan(cfg: DictConfig, runtime: Runtime) -> Plan:
+    """Validate once, decide how the run starts; under torchrun join the group and rank 0's folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    choices = dict(runtime.choices)
+    validate(cfg, choices)
+    output_dir = runtime.output_dir
+    if launched_by_torchrun():
+        # One process of `torchrun -m fedtorch backend=distributed`: join the group (once; it also
+        # picks the rank's GPU), use rank 0's folder.
+        init_process_group(resolve_device(cfg.device))
+        output_dir = agree_on_output_dir(output_dir)
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(runtime.overrides))]
+    current = OmegaConf.to_container(cfg, resolve=True)
+    resume = plan_resume(cfg.get("resume", "auto"), output_dir, current, keys, choices)
+    if resume.config is not current:
+        cfg = OmegaConf.create(resume.config)
+        validate(cfg, resume.choices)  # the checkpoint's config with the allowed changes
+    device = resolve_device(cfg.device)
+    if launched_by_torchrun():
+        device = init_process_group(device)  # the group exists: this only maps the rank to its GPU
+    threads = threads_per_run(
+        cfg.get("num_threads", "auto"), runtime.launcher, available_cores(), runtime.sweeper_batch
+    )
+    return Plan(cfg=cfg, resume=resume, device=device, threads=threads, runtime=runtime)
+
+
+# -- step 2: build --------------------------------------------------------------------------------
+def _build(node: Any, key: str, **kwargs: Any) -> Any:
+    """`instantiate(node)`; a constructor's bad value becomes a one-line ConfigError on `key`."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        raise instantiation_error(key, error) or error from error
+
+
+def _optional(cfg: DictConfig, group: str) -> Any:
+    """The object of an optional group (attack, compression, privacy, secagg), or None when off."""
+    node = cfg.get(group)
+    if not node or node.get("_target_") is None:
+        return None
+    return _build(node, group)
+
+
+def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetSplits, FederatedDataset]:
     """Load the dataset and split it across clients with the configured partitioner."""
-    data: DatasetSplits = instantiate(cfg.dataset)
-    partitioner = instantiate(cfg.partition)
-    parts = partitioner(data, numpy_rng(cfg.seed, "partition"))
+    try:
+        data: DatasetSplits = instantiate(cfg.dataset)
+    except InstantiationException as error:
+        # A missing data folder is a config error (data_dir), reported as one line.
+        if isinstance(error.__cause__, FileNotFoundError):
+            raise data_error(cfg, error.__cause__) from error
+        raise instantiation_error("dataset", error) or error from error
+    except FileNotFoundError as error:
+        raise data_error(cfg, error) from error
+    return data, federate(
+        data, partitioner if partitioner is not None else _build(cfg.partition, "partition"), cfg.seed
+    )
+
+
+def federate(data: DatasetSplits, partitioner: Any, seed: int) -> FederatedDataset:
+    """Split `data` across clients; the natural partition keeps each client's test split and name."""
+    try:
+        parts = partitioner(data, numpy_rng(seed, "partition"))
+    except OptionError:
+        raise
+    except ValueError as error:
+        raise ConfigError("partition", type(partitioner).__name__, " ".join(str(error).split())) from error
     test_parts = None
     names = None
-    if isinstance(partitioner, Natural):
+    natural = getattr(partitioner, "natural", type(partitioner).__name__ == "Natural")
+    if natural:
         names = data.group_names
         if data.test_groups is not None:
             test_parts = natural_partition(data.test_groups, num_groups=len(parts))
-    return data, FederatedDataset.from_partition(data, parts, test_parts, names)
+    return FederatedDataset.from_partition(data, parts, test_parts, names)
 
 
 def subsample_test_set(fed: FederatedDataset, max_samples: int, rng: np.random.Generator) -> FederatedDataset:
     """`fed` with a fixed random subset of at most `max_samples` of its central test samples (`eval_max_samples`).
 
     Evaluation then costs at most `max_samples` forward passes (smoke runs, quick looks at big test
-    sets). The subset is drawn once from the seed, so every round is scored on the same samples; the
-    clients' own test splits keep the samples of theirs that fall in it.
+    sets). The subset is drawn once, from a stream of its own that does not depend on the run's
+    seed, so every round and every seed of a sweep is scored on the same samples (the spread over
+    seeds is then seed noise, not test-subset noise); the clients' own test splits keep the samples
+    of theirs that fall in it.
     """
     total = len(fed.test_y)
     if max_samples >= total:
@@ -155,6 +249,10 @@ def subsample_test_set(fed: FederatedDataset, max_samples: int, rng: np.random.G
         client_test = [position[ix.cpu()][position[ix.cpu()] >= 0] for ix in fed.client_test_indices]
     keep = keep.to(fed.test_y.device)
     return dataclasses.replace(fed, test_x=fed.test_x[keep], test_y=fed.test_y[keep], client_test_indices=client_test)
+
+
+#: `eval_max_samples`'s subset comes from this fixed stream, never from the run's seed.
+EVAL_SUBSET_SEED = 0
 
 
 def partition_record(fed: FederatedDataset) -> dict[str, Any]:
@@ -171,106 +269,113 @@ def partition_record(fed: FederatedDataset) -> dict[str, Any]:
     return record
 
 
-def _build(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """`instantiate(node)`; a constructor's ValueError/TypeError becomes a one-line ConfigError on `key`."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as error:
-        raise _build_error(key, error) from error
+@dataclass
+class Built:
+    """Step 2's result: the simulation and what the run folder is written from."""
+
+    sim: Simulation
+    federation: FederatedDataset  # the clean federation (before any data poisoning)
+    checkpointer: Checkpoint | None
+    writer: bool  # this process writes the run folder (rank 0)
 
 
-def _build_error(key: str, error: Exception) -> Exception:
-    """The one-line ConfigError for a constructor's bad value, else the error itself (a bug keeps its traceback)."""
-    if isinstance(error, InstantiationException):
-        return instantiation_error(key, error) or error
-    return error
+def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
+    """Every component, the data and the simulation; every refusal comes before any file is written.
 
-
-def _runtime_kwargs(node: DictConfig, **candidates: Any) -> dict[str, Any]:
-    """The runtime values (seed, num_clients, model, ...) that `node`'s `_target_` constructor takes."""
-    from hydra.utils import get_class
-
-    accepted = inspect.signature(get_class(node._target_)).parameters
-    return {k: v for k, v in candidates.items() if k in accepted}
-
-
-def build_pipeline(
-    cfg: DictConfig, fed: FederatedDataset, model: Any, sampler: Any, strategy: Any, trainer: Any
-) -> tuple[FederatedDataset, Any, list[Any], list[Any]]:
-    """Update transforms from the `attack`, `compression`, `privacy` and `secagg` groups.
-
-    Pipeline order, client side first: attack -> compression -> DP clipping -> secure aggregation
-    -> DP noise and accounting -> byte meter (always on, so every run logs comm/bytes_*). Returns
-    the federation to train on (data poisoning changes it), the trainer (local DP-SGD replaces it),
-    the transforms and extra callbacks (the privacy budget).
+    `components` replaces the object of a config group with one of the caller's (keys "dataset"
+    (a `DatasetSplits`), "partition", "model" (an `nn.Module`), "strategy", "sampler", "trainer",
+    "backend"), for `fedtorch.run` from a notebook.
     """
-    from fedtorch.compression import CommunicationMeter
-    from fedtorch.privacy import PrivacyOptionError, build_privacy
-    from fedtorch.strategies.base import Strategy
+    cfg = p.cfg
+    given = dict(components or {})
+    unknown = set(given) - {"dataset", "partition", "model", "strategy", "sampler", "trainer", "backend"}
+    if unknown:
+        raise ConfigError(
+            "components", sorted(unknown), "dataset, partition, model, strategy, sampler, trainer, backend"
+        )
 
-    sampler.setup(fed.client_sizes())  # idempotent; the cohort size and the sampling scheme need it
-    runtime = {
-        "seed": cfg.seed,
-        "num_clients": fed.num_clients,
-        "expected_cohort_size": sampler.expected_cohort_size(),
-        "model": model,
-    }
-    transforms: list[Any] = []
-    if cfg.get("attack") and cfg.attack.get("_target_"):
-        attack = _build(cfg.attack, "attack", **_runtime_kwargs(cfg.attack, **runtime))
-        fed = attack.poison(fed)
+    def part(group: str) -> Any:
+        return given[group] if group in given else _build(cfg[group], group)
+
+    # The components that need no data first: their options are checked before anything is loaded.
+    strategy = part("strategy")
+    sampler = part("sampler")
+    trainer = part("trainer")
+    backend = part("backend")
+    attack = _optional(cfg, "attack")
+    compression = _optional(cfg, "compression")
+    privacy: PrivacyMechanism = _optional(cfg, "privacy") or PrivacyMechanism()
+    secagg = _optional(cfg, "secagg")
+    partitioner = part("partition")
+
+    if "dataset" in given:
+        data = given["dataset"]
+        fed = federate(data, partitioner, cfg.seed)
+    else:
+        data, fed = build_federation(cfg, partitioner)
+    if cfg.get("eval_max_samples") is not None:
+        fed = subsample_test_set(fed, cfg.eval_max_samples, numpy_rng(EVAL_SUBSET_SEED, "eval_subset"))
+    if "model" in given:
+        model = given["model"]
+    else:
+        torch.manual_seed(derive_seed(cfg.seed, "model_init"))
+        model = _build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
+
+    # Pipeline order, client side first: attack -> compression -> DP clipping -> secure aggregation
+    # -> DP noise and accounting -> byte meter (always on, so every run logs comm/bytes_*).
+    train_fed = fed
+    transforms: list[UpdateTransform] = []
+    if attack is not None:
+        attack.bind(fed.num_clients, cfg.seed)
+        train_fed = attack.poison(fed)  # data poisoning changes what the malicious clients train on
         transforms.append(attack)
-    if cfg.get("compression") and cfg.compression.get("_target_"):
-        transforms.append(_build(cfg.compression, "compression", **_runtime_kwargs(cfg.compression, **runtime)))
-    secagg = []
-    if cfg.get("secagg") and cfg.secagg.get("_target_"):
-        sum_only = not strategy.aggregator.needs_all_updates and type(strategy).on_update is Strategy.on_update
-        _require(
-            cfg,
-            "secagg._target_",
-            sum_only,
-            f"secure aggregation reveals only the sum; {type(strategy).__name__} with "
-            f"{type(strategy.aggregator).__name__} needs individual updates (use a FedAvg/FedOpt-family strategy "
-            "with the mean, or secagg=none)",
-        )
-        secagg.append(_build(cfg.secagg, "secagg", **_runtime_kwargs(cfg.secagg, **runtime)))
-    options = OmegaConf.to_container(cfg.privacy, resolve=True) if cfg.get("privacy") else {}
-    try:
-        privacy = build_privacy(
-            options,
-            sampler=sampler,
-            strategy=strategy,
-            trainer=trainer,
-            client_sizes=fed.client_sizes().tolist(),
-            rounds=cfg.rounds,
-            seed=cfg.seed,
-        )
-    except PrivacyOptionError as error:
-        raise ConfigError(error.key, error.value, error.allowed) from error
-    transforms += [*privacy.client_side, *secagg, *privacy.server_side, CommunicationMeter()]
-    return fed, privacy.trainer, transforms, privacy.callbacks
+    if compression is not None:
+        transforms.append(compression)
+    trainer = privacy.wrap_trainer(trainer)
+    transforms += privacy.client_transforms()
+    if secagg is not None:
+        transforms.append(secagg)
+    transforms += [*privacy.server_transforms(), CommunicationMeter()]
+
+    writer = rank() == 0  # rank 0 alone writes the run folder (distributed backend)
+    run_dir = p.run_dir
+    callbacks: list[Any] = list(privacy.callbacks())
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.logging.tensorboard:
+        counts = fed.label_counts() if fed.is_classification else fed.client_sizes().reshape(-1, 1)
+        config_text = OmegaConf.to_yaml(cfg, resolve=True)
+        callbacks.append(TensorBoard(run_dir, hparams=resolved, config_text=config_text, partition_counts=counts))
+    if cfg.logging.metrics_file:
+        callbacks.append(MetricsFile(run_dir / "metrics.jsonl"))
+    if cfg.logging.progress:
+        callbacks.append(ProgressBar())
+    checkpointer = None
+    if cfg.get("checkpoint_every", 0):
+        # Last, so it saves the other callbacks' state after they have seen the round.
+        checkpointer = Checkpoint(run_dir, cfg.checkpoint_every, config=resolved, choices=p.resume.choices)
+        callbacks.append(checkpointer)
+    if not writer:
+        callbacks = []  # logs, checkpoints and the progress bar are rank 0's; its stop decision binds all
+
+    sim = Simulation(
+        train_fed,
+        model,
+        strategy,
+        sampler,
+        trainer,
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+        device=p.device,
+        eval_every=cfg.eval_every,
+        backend=backend,
+        transforms=transforms,
+        callbacks=callbacks,
+        names=p.resume.choices,
+    )
+    return Built(sim=sim, federation=fed, checkpointer=checkpointer, writer=writer)
 
 
-def plan_run(
-    cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = (), choices: Mapping[str, Any] | None = None
-) -> tuple[ResumePlan, DictConfig]:
-    """Where the run writes and what it starts from (`resume`: auto, null or a run folder), and its config.
-
-    See `fedtorch.checkpoint.plan_resume`: a resumed run keeps its checkpoint's config (only
-    `RESUMABLE_KEYS` such as `rounds` may change), so the returned config may differ from `cfg`.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))] if overrides else []
-    current = OmegaConf.to_container(cfg, resolve=True)
-    plan = plan_resume(cfg.get("resume", "auto"), output_dir, current, keys, dict(choices or {}))
-    return plan, (cfg if plan.config is current else OmegaConf.create(plan.config))
-
-
-#: What a run writes into its folder besides `.hydra/`, the log and `checkpoints/`.
-RESULT_FILES = ("summary.json", "model.pt", "metrics.jsonl", "partition.json")
-
-
+# -- step 3: run ----------------------------------------------------------------------------------
 def _clear_stale_results(run_dir: Path, fresh: bool) -> None:
     """Before training: a fresh start removes what an earlier, unresumable attempt left in the folder
     (no mixed TensorBoard curves); a resumed run removes the previous end's `summary.json` and `model.pt`,
@@ -282,6 +387,34 @@ def _clear_stale_results(run_dir: Path, fresh: bool) -> None:
         for events in run_dir.glob("events.out.tfevents.*"):
             events.unlink()
     remove_temporaries(run_dir)
+
+
+def execute(p: Plan, built: Built) -> dict[str, Any]:
+    """Restore the checkpoint (if resuming), write partition.json, train."""
+    sim = built.sim
+    if p.resume.checkpoint is not None:
+        try:
+            sim.load_state_dict(p.resume.checkpoint["simulation"])
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
+            path = p.resume.checkpoint_path
+            raise CheckpointError(f"checkpoint {path} does not fit this run: {error}") from error
+        log.info("resuming from round %d (%s)", p.resume.round, p.resume.checkpoint_path)
+    if built.writer:
+        p.run_dir.mkdir(parents=True, exist_ok=True)
+        _clear_stale_results(p.run_dir, fresh=p.resume.checkpoint is None)
+        atomic_write_json(p.run_dir / "partition.json", partition_record(built.federation))
+    fed = built.federation
+    log.info(
+        "%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, p.device
+    )
+    # Collected before training: the code and tree as they were when the run started.
+    provenance = collect_provenance(p.device, fed.client_indices, list(p.runtime.rerun) or [sys.executable, *sys.argv])
+    summary = sim.run()
+    summary["provenance"] = provenance
+    summary["output_dir"] = str(p.run_dir)
+    if p.resume.checkpoint is not None:
+        summary["resumed_from_round"] = p.resume.round
+    return summary
 
 
 def divergence_message(cfg: DictConfig, summary: dict[str, Any], last_row: dict[str, Any],
@@ -303,126 +436,82 @@ def divergence_message(cfg: DictConfig, summary: dict[str, Any], last_row: dict[
     )
 
 
-def run_experiment(
-    cfg: DictConfig,
-    output_dir: str | Path,
-    overrides: Sequence[str] = (),
-    choices: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Validate, build, run, and write every artifact of one run into `output_dir`.
-
-    `overrides` (the command line's) and `choices` (config-group choices) let a resumed run check
-    that it continues the same experiment; see `plan_run`.
-    """
-    output_dir = Path(output_dir)
-    validate(cfg)
-    if launched_by_torchrun():
-        # One process of `torchrun -m fedtorch backend=distributed`: join the group, use rank 0's folder.
-        init_process_group(resolve_device(cfg.device))
-        output_dir = agree_on_output_dir(output_dir)
-    plan, cfg = plan_run(cfg, output_dir, overrides, choices)
-    if plan.finished is not None:
-        state = plan.finished
-        ended = f"diverged at round {state.get('diverged_round')}" if state.get("diverged") else "completed"
-        log.info("run folder %s already holds a finished run (%s, %s rounds): nothing to do", plan.run_dir, ended,
-                 state.get("rounds"))  # fmt: skip
-        print(f"run folder: {plan.run_dir}", flush=True)
-        return state
-    if plan.run_dir != output_dir:
-        validate(cfg)
-        log.info("resuming run folder %s; this invocation's Hydra folder is %s", plan.run_dir, output_dir)
-        output_dir = plan.run_dir
-    device = resolve_device(cfg.device)
-    if launched_by_torchrun():
-        device = init_process_group(device)  # the group exists; this picks the rank's GPU (cuda:LOCAL_RANK)
-    launcher, batch = _sweep_launcher()
-    threads = threads_per_run(cfg.get("num_threads", "auto"), launcher, available_cores(), batch)
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-    try:
-        data, fed = build_federation(cfg)
-    except (FileNotFoundError, InstantiationException) as error:
-        # A missing data folder is a config error (data_dir), reported as one line.
-        cause = error if isinstance(error, FileNotFoundError) else error.__cause__
-        if not isinstance(cause, FileNotFoundError):
-            raise _build_error("dataset", error) from error
-        raise data_error(cfg, cause) from error
-    validate_federation(cfg, fed.num_clients)
-    if cfg.get("eval_max_samples") is not None:
-        fed = subsample_test_set(fed, cfg.eval_max_samples, numpy_rng(cfg.seed, "eval_subset"))
-    torch.manual_seed(derive_seed(cfg.seed, "model_init"))
-    model = _build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
-    trainer = _build(cfg.trainer, "trainer")
-    strategy = _build(cfg.strategy, "strategy")
-    sampler = _build(cfg.sampler, "sampler")
-    backend = _build(cfg.backend, "backend")
-    # Attacks, compression, privacy, secure aggregation (+ the byte meter): see build_pipeline.
-    train_fed, trainer, transforms, pipeline_callbacks = build_pipeline(cfg, fed, model, sampler, strategy, trainer)
-    writer = is_main_process()  # rank 0 alone writes the run folder (distributed backend)
-
-    callbacks = list(pipeline_callbacks)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.logging.tensorboard:
-        callbacks.append(TensorBoard(output_dir, hparams=resolved, config_text=OmegaConf.to_yaml(cfg, resolve=True)))
-    if cfg.logging.metrics_file:
-        callbacks.append(MetricsFile(output_dir / "metrics.jsonl"))
-    if cfg.logging.progress:
-        callbacks.append(ProgressBar())
-    checkpointer = None
-    if cfg.get("checkpoint_every", 0):
-        # Last, so it saves the other callbacks' state after they have seen the round.
-        checkpointer = Checkpoint(output_dir, cfg.checkpoint_every, config=resolved, choices=plan.choices)
-        callbacks.append(checkpointer)
-    if not writer:
-        callbacks = []  # logs, checkpoints and the progress bar are rank 0's; its stop decision binds all
-
-    sim = Simulation(
-        train_fed,
-        model,
-        strategy,
-        sampler,
-        trainer,
-        rounds=cfg.rounds,
-        seed=cfg.seed,
-        device=device,
-        eval_every=cfg.eval_every,
-        backend=backend,
-        transforms=transforms,
-        callbacks=callbacks,
-    )
-    validate_cohort(sim.sampler, sim.strategy)
-    if plan.checkpoint is not None:
-        try:
-            sim.load_state_dict(plan.checkpoint["simulation"])
-        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
-            raise CheckpointError(f"checkpoint {plan.checkpoint_path} does not fit this run: {error}") from error
-        log.info("resuming from round %d (%s)", plan.round, plan.checkpoint_path)
-    if writer:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _clear_stale_results(output_dir, fresh=plan.checkpoint is None)
-        atomic_write_json(output_dir / "partition.json", partition_record(fed))
-    log.info(
-        "%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, device
-    )
-    # Collected before training: the code and tree as they were when the run started.
-    provenance = collect_provenance(device, fed.client_indices, rerun_command())
-    summary = sim.run()
-    summary["provenance"] = provenance
-    summary["output_dir"] = str(output_dir)
-    if plan.checkpoint is not None:
-        summary["resumed_from_round"] = plan.round
+# -- step 4: write --------------------------------------------------------------------------------
+def write(p: Plan, built: Built, summary: dict[str, Any]) -> None:
+    """summary.json and, for a run that did not fail, model.pt; the last line names the folder."""
+    sim = built.sim
+    last = built.checkpointer.last_round if built.checkpointer is not None else None
     if summary["diverged"]:
         # No model.pt: a diverged model is not a result. The newest checkpoint is the last good round.
-        last = checkpointer.last_round if checkpointer is not None else None
         summary["last_checkpoint_round"] = last
-        summary["message"] = divergence_message(cfg, summary, sim.state.history[-1], last)
+        summary["message"] = divergence_message(p.cfg, summary, sim.state.history[-1], last)
         log.warning(summary["message"])
-    if writer:
-        if not summary["diverged"]:
-            atomic_torch_save(output_dir / "model.pt", sim.global_state_dict())
-        atomic_write_json(output_dir / "summary.json", summary)
-        print(f"run folder: {output_dir}", flush=True)
+    elif sim.failed:
+        summary["last_checkpoint_round"] = last
+    if built.writer:
+        if not sim.failed:
+            atomic_torch_save(p.run_dir / "model.pt", sim.global_state_dict())
+        atomic_write_json(p.run_dir / "summary.json", summary)
+        print(f"run folder: {p.run_dir}", flush=True)
+
+
+def run_experiment(
+    cfg: DictConfig,
+    runtime: Runtime | str | Path,
+    overrides: Sequence[str] = (),
+    choices: Mapping[str, Any] | None = None,
+    components: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Plan, build, run and write one run; returns its summary.
+
+    `runtime` is what the launcher knows (`fedtorch.cli` builds it from Hydra); a bare output
+    folder (with `overrides` and `choices`) is accepted for library use. `components` replaces
+    config groups' objects with the caller's (see `build`).
+    """
+    if not isinstance(runtime, Runtime):
+        runtime = Runtime(output_dir=Path(runtime), overrides=tuple(overrides), choices=dict(choices or {}))
+    p = plan(cfg, runtime)
+    if p.resume.finished is not None:
+        state = p.resume.finished
+        reason = state.get("stop_reason")
+        ended = f"diverged at round {state.get('diverged_round')}" if state.get("diverged") else (reason or "completed")
+        log.info("run folder %s already holds a finished run (%s, %s rounds): nothing to do", p.run_dir, ended,
+                 state.get("rounds"))  # fmt: skip
+        print(f"run folder: {p.run_dir}", flush=True)
+        return state
+    if p.run_dir != runtime.output_dir:
+        if runtime.on_run_dir is not None and rank() == 0:
+            runtime.on_run_dir(p.run_dir)
+        log.info("resuming run folder %s; this invocation's Hydra folder is %s", p.run_dir, runtime.output_dir)
+    lock = RunFolderLock(p.run_dir) if rank() == 0 and not p.cfg.get("dry_run", False) else None
+    with contextlib.ExitStack() as stack:
+        if lock is not None:
+            stack.enter_context(lock)
+        stack.enter_context(torch_threads(p.threads))
+        built = build(p, components)
+        if p.cfg.get("dry_run", False):
+            return dry_run_summary(p, built)
+        summary = execute(p, built)
+        write(p, built, summary)
+    return summary
+
+
+def dry_run_summary(p: Plan, built: Built) -> dict[str, Any]:
+    """`dry_run=true`: everything was built and composes; nothing trained, nothing written."""
+    sim = built.sim
+    summary = {
+        "dry_run": True,
+        "num_clients": sim.federation.num_clients,
+        "num_parameters": sim.flat.layout.num_params,
+        "backend": sim.backend.name,
+        "device": str(p.device),
+        "transforms": [type(t).__name__ for t in sim.pipeline.transforms],
+    }
+    print(
+        f"dry run: {summary['num_clients']} clients, {summary['num_parameters']} parameters, backend "
+        f"{summary['backend']}, transforms {', '.join(summary['transforms'])}: every component composes",
+        flush=True,
+    )
     return summary
 
 
@@ -431,4 +520,4 @@ def summary_of(output_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(output_dir) / "summary.json").read_text())
 
 
-__all__ = ["ConfigError", "build_federation", "resolve_device", "run_experiment", "summary_of", "validate"]
+__all__ = ["ConfigError", "Runtime", "build_federation", "resolve_device", "run_experiment", "summary_of", "validate"]

@@ -32,6 +32,10 @@ def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_write(path, lambda handle: handle.write(text.encode()))
 

@@ -1,7 +1,8 @@
 """Optimizers torch lacks, as real `torch.optim.Optimizer`s (so their state checkpoints).
 
 `Yogi` (Zaheer et al. 2018, "Adaptive Methods for Nonconvex Optimization") is FedYogi's server
-optimizer (Reddi et al. 2021, "Adaptive Federated Optimization").
+optimizer, and `AdamNoBiasCorrection` FedAdam's in the form Reddi et al. 2021 ("Adaptive
+Federated Optimization", Algorithm 2) print: no bias correction, v_{-1} = tau^2.
 """
 
 from __future__ import annotations
@@ -91,4 +92,68 @@ class Yogi(Optimizer):
                 else:
                     m_hat, v_hat = m, v
                 p.addcdiv_(m_hat, v_hat.sqrt().add_(group["eps"]), value=-group["lr"])
+        return loss
+
+
+class AdamNoBiasCorrection(Optimizer):
+    """Adam exactly as Reddi et al. 2021 print FedAdam (Algorithm 2), per coordinate:
+
+        m_t = beta1 * m_{t-1} + (1 - beta1) * g
+        v_t = beta2 * v_{t-1} + (1 - beta2) * g^2
+        x_t = x_{t-1} - lr * m_t / (sqrt(v_t) + eps)
+
+    with m_{-1} = 0 and v_{-1} = `initial_accumulator_value` (the paper's tau^2), and no bias
+    correction (torch.optim.Adam divides by 1 - beta^t and starts v at 0).
+
+    Args:
+        lr: learning rate (FedAdam's server learning rate eta).
+        betas: (beta1, beta2).
+        eps: added to sqrt(v_t) (FedAdam's adaptivity tau).
+        initial_accumulator_value: v_{-1}.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-3,
+        initial_accumulator_value: float = 1e-6,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"Adam lr={lr} must be > 0")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Adam betas={tuple(betas)} must be in [0, 1)")
+        if eps <= 0 or initial_accumulator_value < 0:
+            raise ValueError(f"Adam eps={eps} must be > 0 and initial_accumulator_value >= 0")
+        defaults = dict(
+            lr=lr,
+            betas=(float(betas[0]), float(betas[1])),
+            eps=eps,
+            initial_accumulator_value=initial_accumulator_value,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.full_like(p, group["initial_accumulator_value"])
+                state["step"] += 1
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-group["lr"])
         return loss

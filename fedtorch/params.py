@@ -28,6 +28,12 @@ class VectorLayout:
     offsets: tuple[int, ...]
     num_params: int  # the first `num_params` entries are trainable parameters
     size: int  # parameters + floating buffers
+    num_param_tensors: int = -1  # how many of the named tensors are parameters (they come first)
+
+    def __post_init__(self) -> None:
+        if self.num_param_tensors < 0:  # not given: the tensors that start inside the parameter segment
+            count = sum(1 for o, s in zip(self.offsets, self.shapes) if o < self.num_params or s.numel() == 0)
+            object.__setattr__(self, "num_param_tensors", count)
 
     def split(self, vector: Tensor) -> list[Tensor]:
         """Views of `vector`, one per named tensor, in layout order."""
@@ -63,6 +69,7 @@ class FlatModel:
             offsets=tuple(offsets),
             num_params=sum(sizes[: len(params)]),
             size=sum(sizes),
+            num_param_tensors=len(params),
         )
         self.vector = torch.empty(self.layout.size, device=device, dtype=dtype)
         with torch.no_grad():

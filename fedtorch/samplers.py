@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from fedtorch.errors import OptionError, check_int, check_number
+
 
 @dataclass(frozen=True)
 class Cohort:
@@ -72,17 +74,14 @@ class ClientSampler:
     dropout: float = 0.0
     stragglers: float = 0.0
     min_work: float = 0.0
+    #: Selection probability grows with a client's data size (`SizeWeightedSampler`): averaging
+    #: such a cohort by sample counts again would count size twice (`fedtorch.compatibility`).
+    size_biased: bool = False
 
     def __init__(self, dropout: float = 0.0, stragglers: float = 0.0, min_work: float = 0.0) -> None:
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"sampler.dropout={dropout} must be in [0, 1)")
-        if not 0.0 <= stragglers <= 1.0:
-            raise ValueError(f"sampler.stragglers={stragglers} must be in [0, 1]")
-        if not 0.0 <= min_work <= 1.0:
-            raise ValueError(f"sampler.min_work={min_work} must be in [0, 1]")
-        self.dropout = float(dropout)
-        self.stragglers = float(stragglers)
-        self.min_work = float(min_work)
+        self.dropout = check_number("sampler.dropout", dropout, 0.0, 1.0, high_open=True)
+        self.stragglers = check_number("sampler.stragglers", stragglers, 0.0, 1.0)
+        self.min_work = check_number("sampler.min_work", min_work, 0.0, 1.0)
 
     def setup(self, client_sizes: np.ndarray) -> None:
         self.client_sizes = np.asarray(client_sizes)
@@ -118,6 +117,19 @@ class ClientSampler:
         """The number of reporting clients when it is the same every round, else None."""
         return None if self.dropout > 0 else self.num_clients
 
+    def inclusion_probabilities(self) -> np.ndarray:
+        """P(client k is selected in a round), before dropouts, for every client k.
+
+        Exact where the sampler knows it; the base class estimates it from the sampler's own draws
+        on a fixed stream of its own (so it never depends on the run's seed), which suits samplers
+        whose inclusion probabilities have no closed form (size-weighted without replacement).
+        """
+        draws = int(min(400, max(20, 2e7 // max(self.num_clients, 1))))
+        counts = np.zeros(self.num_clients)
+        for r in range(1, draws + 1):
+            counts[np.asarray(self.sample(r, np.random.default_rng([0x1C1, r])), dtype=np.int64)] += 1
+        return counts / draws
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -128,22 +140,37 @@ class ClientSampler:
 class FullParticipation(ClientSampler):
     """Every client every round (cross-silo federations such as hospitals)."""
 
+    def inclusion_probabilities(self) -> np.ndarray:
+        return np.ones(self.num_clients)
 
-def cohort_size(num_clients: int, clients_per_round: int | None, fraction: float | None) -> int:
-    """Clients per round from a fixed count or McMahan et al.'s fraction C: max(floor(C*K), 1)."""
+
+#: `clients_per_round: auto`: this many clients, or every client of a smaller federation.
+AUTO_COHORT = 10
+
+
+def cohort_size(num_clients: int, clients_per_round: int | str | None, fraction: float | None) -> int:
+    """Clients per round from a fixed count or McMahan et al.'s fraction C: max(floor(C*K), 1);
+    `"auto"` is min(10, K), so that a small cross-silo federation (4 hospitals) runs as chosen."""
     if fraction is not None:
         # round() first so that 0.29 * 100 = 28.999999999999996 counts as 29
         return max(int(np.floor(round(fraction * num_clients, 9))), 1)
+    if clients_per_round == "auto":
+        return min(AUTO_COHORT, num_clients)
     if clients_per_round is None:
-        raise ValueError("sampler needs clients_per_round or fraction")
-    return clients_per_round
+        raise OptionError("sampler.clients_per_round", None, "a number of clients (or set sampler.fraction)")
+    return int(clients_per_round)
 
 
 class _FixedSizeSampler(ClientSampler):
     """Shared set-up of the samplers that pick a cohort of m clients (count or fraction C)."""
 
-    def __init__(self, clients_per_round: int | None = 10, fraction: float | None = None, **heterogeneity: Any) -> None:
+    def __init__(
+        self, clients_per_round: int | str | None = 10, fraction: float | None = None, **heterogeneity: Any
+    ) -> None:
         super().__init__(**heterogeneity)
+        check_number("sampler.fraction", fraction, 0.0, 1.0, low_open=True, none=True)
+        if fraction is None and clients_per_round != "auto":
+            check_int("sampler.clients_per_round", clients_per_round, 1, extra=", auto, or set sampler.fraction")
         self.clients_per_round = clients_per_round
         self.fraction = fraction
 
@@ -151,9 +178,10 @@ class _FixedSizeSampler(ClientSampler):
         super().setup(client_sizes)
         self.cohort_size = cohort_size(self.num_clients, self.clients_per_round, self.fraction)
         if not 1 <= self.cohort_size <= self.num_clients:
-            raise ValueError(
-                f"sampler.clients_per_round={self.cohort_size} must be between 1 and the number of clients "
-                f"({self.num_clients})"
+            raise OptionError(
+                "sampler.clients_per_round",
+                self.cohort_size,
+                f"at most the number of clients in the federation ({self.num_clients})",
             )
 
     def expected_cohort_size(self) -> float:
@@ -161,6 +189,9 @@ class _FixedSizeSampler(ClientSampler):
 
     def fixed_cohort_size(self) -> int | None:
         return None if self.dropout > 0 else self.cohort_size
+
+    def inclusion_probabilities(self) -> np.ndarray:
+        return np.full(self.num_clients, self.cohort_size / self.num_clients)
 
 
 class UniformSampler(_FixedSizeSampler):
@@ -186,14 +217,20 @@ class SizeWeightedSampler(_FixedSizeSampler):
     n_k, so pair this sampler with `strategy.weighted=false` knowing it approximates Scheme I.
     """
 
+    size_biased = True
+
     def setup(self, client_sizes: np.ndarray) -> None:
         super().setup(client_sizes)
         nonempty = int(np.count_nonzero(self.client_sizes))
         if self.cohort_size > nonempty:
-            raise ValueError(
-                f"sampler.clients_per_round={self.cohort_size} exceeds the {nonempty} clients that have data "
-                "(a size-weighted draw never picks an empty client)"
+            raise OptionError(
+                "sampler.clients_per_round",
+                self.cohort_size,
+                f"at most the {nonempty} clients that have data (a size-weighted draw never picks an empty client)",
             )
+
+    def inclusion_probabilities(self) -> np.ndarray:
+        return ClientSampler.inclusion_probabilities(self)
 
     def sample(self, round_idx: int, rng: np.random.Generator) -> np.ndarray:
         p = self.client_sizes / self.client_sizes.sum()
@@ -210,9 +247,10 @@ class PoissonSampler(ClientSampler):
 
     def __init__(self, q: float = 0.1, **heterogeneity: Any) -> None:
         super().__init__(**heterogeneity)
-        if not 0.0 < q <= 1.0:
-            raise ValueError(f"sampler.q={q} must be in (0, 1]")
-        self.q = float(q)
+        self.q = check_number("sampler.q", q, 0.0, 1.0, low_open=True)
+
+    def inclusion_probabilities(self) -> np.ndarray:
+        return np.full(self.num_clients, self.q)
 
     def sample(self, round_idx: int, rng: np.random.Generator) -> np.ndarray:
         return np.flatnonzero(rng.random(self.num_clients) < self.q)
@@ -265,18 +303,10 @@ class AvailabilitySampler(ClientSampler):
         **heterogeneity: Any,
     ) -> None:
         super().__init__(**heterogeneity)
-        if not 0.0 <= availability <= 1.0:
-            raise ValueError(f"sampler.availability={availability} must be in [0, 1]")
-        if not 0.0 <= amplitude <= 1.0:
-            raise ValueError(f"sampler.amplitude={amplitude} must be in [0, 1]")
-        if period < 1:
-            raise ValueError(f"sampler.period={period} must be >= 1")
-        if clients_per_round is not None and clients_per_round < 1:
-            raise ValueError(f"sampler.clients_per_round={clients_per_round} must be >= 1 or null")
-        self.availability = float(availability)
-        self.amplitude = float(amplitude)
-        self.period = int(period)
-        self.clients_per_round = clients_per_round
+        self.availability = check_number("sampler.availability", availability, 0.0, 1.0)
+        self.amplitude = check_number("sampler.amplitude", amplitude, 0.0, 1.0)
+        self.period = check_int("sampler.period", period, 1)
+        self.clients_per_round = check_int("sampler.clients_per_round", clients_per_round, 1, none=True)
 
     def online_probability(self, round_idx: int) -> np.ndarray:
         """p_k(round_idx) for every client k."""
@@ -304,3 +334,6 @@ class AvailabilitySampler(ClientSampler):
             cap = self.num_clients if self.clients_per_round is None else self.clients_per_round
             sizes.append(float(np.minimum(counts, cap) @ dist))
         return float(np.mean(sizes))
+
+    def fixed_cohort_size(self) -> int | None:
+        return None  # who is online, and so how many clients a round gets, is random

@@ -1,47 +1,55 @@
-"""The server's round loop: sample -> local training -> aggregate -> evaluate -> callbacks.
+"""The server's round loop: it owns the protocol of one synchronous round.
 
-`Simulation` owns the global weights (one flat vector), a single worker model whose parameters
-are views into its own flat vector (loaded in place for every client: no deepcopy), and the
-random streams, all derived from the root seed. The loop itself does no logging: callbacks do.
+    cohort  = sampler.cohort(round, rng(seed, "sampler", round))        # who trains, how much
+    payload = strategy.configure_round(round)                           # e.g. SCAFFOLD's c
+    pipeline.begin(round, cohort)
+    for update in backend.train(jobs(cohort), global_weights, payload): # client halves
+        pipeline.accept(update)                                         # transforms -> aggregator
+    backend.reduce([pipeline, strategy, client state, stats])           # across processes
+    metrics = strategy.apply(round, pipeline.result())                  # server optimizer step
+    if round % eval_every == 0: metrics |= evaluate(global_weights)
+    for cb in callbacks: cb.on_round_end(run, round, metrics)
+
+`Simulation` owns the global weights (one flat vector), the update pipeline, the sampler and the
+callbacks; the `ClientRunner` owns the client side (data, worker model, trainer, client state).
+Every random stream derives from the root seed. The loop itself does no logging: callbacks do.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from fedtorch.backends.base import Backend
+from fedtorch.backends.sequential import SequentialBackend
 from fedtorch.callbacks.base import Callback
-from fedtorch.checkpoint import kill_point, rng_state, set_rng_state
-from fedtorch.client import ClientUpdate, LocalTrainer, default_loss
+from fedtorch.checkpoint.rng import rng_state, set_rng_state
+from fedtorch.client import ClientUpdate, LocalTrainer
+from fedtorch.client_state import ClientStateStore
+from fedtorch.compatibility import check_composition, uses_sample_weights, weighting_for
 from fedtorch.data.base import FederatedDataset
-from fedtorch.evaluation import evaluate
-from fedtorch.params import FlatModel
+from fedtorch.evaluation import evaluate, evaluate_per_client
+from fedtorch.pipeline import PipelineContext, StepFailed, UpdatePipeline, UpdateTransform
+from fedtorch.privacy.accounting import sampling_of
+from fedtorch.runner import ClientJob, ClientRunner
 from fedtorch.samplers import ClientSampler, Cohort
-from fedtorch.seeding import derive_seed, numpy_rng, torch_generator
-from fedtorch.strategies.base import Strategy, UpdateTransform
+from fedtorch.seeding import numpy_rng
+from fedtorch.strategies.base import Strategy, StrategyContext
 
-
-def _seed_torch(seed: int, device: torch.device) -> None:
-    """`torch.manual_seed` for the streams local training on `device` draws from: the CPU one and
-    the device's. (`torch.manual_seed` also queues the seed for every accelerator type not yet
-    initialized, formatting a stack trace each time: ~0.3 ms per client on a CPU-only machine.)"""
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
-    elif device.type != "cpu":
-        torch.manual_seed(seed)
+log = logging.getLogger("fedtorch")
 
 
 @dataclass
-class RoundAccumulator:
+class RoundStats:
     """Training statistics of one round, summed as tensors (one host sync per round)."""
 
     loss_sum: Tensor
@@ -50,6 +58,13 @@ class RoundAccumulator:
     steps: int = 0
     clients: int = 0
 
+    @classmethod
+    def zeros(cls, device: torch.device) -> RoundStats:
+        return cls(
+            loss_sum=torch.zeros((), device=device, dtype=torch.float64),
+            correct=torch.zeros((), device=device, dtype=torch.int64),
+        )
+
     def add(self, update: ClientUpdate) -> None:
         self.loss_sum += update.metrics["loss_sum"].to(self.loss_sum)
         if "correct" in update.metrics:
@@ -57,6 +72,17 @@ class RoundAccumulator:
         self.samples += int(update.metrics["samples_seen"])
         self.steps += update.num_steps
         self.clients += 1
+
+    def merge(self, group: dist.ProcessGroup | None = None) -> None:
+        """Sum over processes (one small all_reduce)."""
+        counts = torch.tensor(
+            [self.samples, self.steps, self.clients], dtype=torch.float64, device=self.loss_sum.device
+        )
+        packed = torch.cat([self.loss_sum.reshape(1).double(), self.correct.reshape(1).double(), counts])
+        dist.all_reduce(packed, group=group)
+        self.loss_sum.copy_(packed[0])
+        self.correct.copy_(packed[1].round())
+        self.samples, self.steps, self.clients = (int(v) for v in packed[2:].round().tolist())
 
 
 @dataclass
@@ -67,13 +93,22 @@ class SimulationState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def expected_total_weight(
+    sampler: ClientSampler, client_sizes: np.ndarray, sample_weights: bool, report_probability: float
+) -> float:
+    """E[sum of the aggregation weights of a round's reports] = sum_k P(k reports) w_k."""
+    if not sample_weights:
+        return sampler.expected_cohort_size() * report_probability
+    return float(sampler.inclusion_probabilities() @ client_sizes.astype(np.float64)) * report_probability
+
+
 class Simulation:
     """One federated experiment.
 
     Args:
         federation: the clients' data and the central test set.
         model: a freshly built module; it becomes the worker and evaluation model.
-        strategy: server logic (aggregation, server optimizer, client hooks).
+        strategy: the algorithm (server half and client half, aggregator included).
         sampler: which clients take part in each round.
         trainer: local training on one client.
         rounds: number of communication rounds.
@@ -82,9 +117,11 @@ class Simulation:
         eval_every: evaluate the global model every this many rounds (and after the last).
         backend: who trains the round's clients (sequential, vectorized, distributed); default
             sequential.
-        transforms: update transforms (DP, compression, attacks) in the order they apply.
-        callbacks: observers (TensorBoard, metrics file, progress bar, ...).
+        transforms: update transforms (attacks, compression, DP, secure aggregation, the byte
+            meter) in the order they apply, client side first.
+        callbacks: observers (TensorBoard, metrics file, progress bar, checkpoints, ...).
         loss_fn: training and evaluation loss; default from the task.
+        names: the config options the components were chosen by (for one-line refusals).
     """
 
     def __init__(
@@ -98,15 +135,17 @@ class Simulation:
         seed: int = 0,
         device: torch.device | str = "cpu",
         eval_every: int = 1,
-        backend: Any = None,
+        backend: Backend | None = None,
         transforms: Sequence[UpdateTransform] = (),
         callbacks: Sequence[Callback] = (),
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        loss_fn: Callable[..., Tensor] | None = None,
+        names: Mapping[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.federation = federation.to(self.device)
-        self.model = model.to(self.device)
-        self.flat = FlatModel(self.model)
+        self.runner = ClientRunner(federation, model, trainer, strategy, seed, self.device, loss_fn, ClientStateStore())
+        self.federation = self.runner.federation
+        self.model = self.runner.model
+        self.flat = self.runner.flat
         self.global_vector = self.flat.vector.detach().clone()
         self.strategy = strategy
         self.sampler = sampler
@@ -114,20 +153,49 @@ class Simulation:
         self.rounds = rounds
         self.seed = seed
         self.eval_every = eval_every
-        self.loss_fn = loss_fn or default_loss(federation.num_classes)
+        self.loss_fn = self.runner.loss_fn
         self.callbacks = list(callbacks)
+        self.backend = backend or SequentialBackend()
         self.state = SimulationState()
         self.stop_reason: str | None = None
+        self.stop_message: str | None = None
 
-        from fedtorch.backends.sequential import SequentialBackend  # local: backends import this module
-
-        self.backend = backend or SequentialBackend()
-        self.strategy.transforms = list(transforms)
-        self.sampler.setup(self.federation.client_sizes())
-        self.strategy.setup(self.global_vector, self.flat.layout, self.federation.num_clients)
-        self.strategy.attach(self)
-        self._cohort: tuple[int, Cohort] | None = None  # (round, its cohort) from the sampler
-        self.backend.setup(self)
+        transforms = list(transforms)
+        sizes = self.runner.client_sizes()
+        sampler.setup(sizes)
+        check_composition(strategy, strategy.aggregator, transforms, sampler, self.runner.optimizer, names)
+        layout = self.flat.layout
+        strategy.setup(
+            StrategyContext(sampler.num_clients, sizes, layout, self.runner.optimizer, self.device, seed),
+            self.global_vector,
+        )
+        self.pipeline = UpdatePipeline(transforms, strategy.aggregator, weighting_for(strategy, transforms), strategy)
+        report = (1.0 - sampler.dropout) * math.prod(t.report_probability for t in transforms)
+        try:
+            sampling: Any = sampling_of(sampler)
+        except ValueError as error:  # only a privacy accountant needs it, and says so
+            sampling = str(error)
+        self.pipeline.setup(
+            PipelineContext(
+                layout=layout,
+                num_clients=len(sizes),
+                client_sizes=sizes,
+                device=self.device,
+                dtype=self.global_vector.dtype,
+                seed=seed,
+                rounds=rounds,
+                expected_cohort=sampler.expected_cohort_size(),
+                report_probability=report,
+                weighting=self.pipeline.weighting,
+                expected_total_weight=None
+                if strategy.sets_weights
+                else expected_total_weight(sampler, sizes, uses_sample_weights(strategy, transforms), report),
+                server_lr=strategy.server_lr,
+                sampling=sampling,
+            )
+        )
+        self.backend.setup(self.runner)
+        self.backend.broadcast(self.global_vector)
 
     # -- what callbacks read (fedtorch.callbacks.base.RunView) ---------------------------------
     @property
@@ -142,72 +210,46 @@ class Simulation:
         if self.stop_reason is None:
             self.stop_reason = reason
 
-    # -- one client, shared by every backend --------------------------------------------------
-    def train_client(self, round_idx: int, client_id: int, max_steps: int | None = None) -> ClientUpdate:
-        """Local training of `client_id` from the current global weights (not yet aggregated).
+    # -- the round -------------------------------------------------------------------------------
+    def sample(self, round_idx: int) -> Cohort:
+        """The clients that train and report in round `round_idx` (after the sampler's dropouts)."""
+        return self.sampler.cohort(round_idx, numpy_rng(self.seed, "sampler", round_idx))
 
-        A straggler's step budget from the sampler (`client_max_steps`) caps `max_steps`.
-        """
-        fed = self.federation
-        budget = self.client_max_steps(round_idx, client_id)
-        if budget is not None:
-            max_steps = budget if max_steps is None else min(max_steps, budget)
-        # Dropout and other stochastic layers draw from the global torch stream: pin it to
-        # (seed, round, client) so results do not depend on the order clients are trained in.
-        _seed_torch(derive_seed(self.seed, "client_torch", round_idx, client_id), self.device)
-        return self.trainer.train(
-            self.flat,
-            self.global_vector,
-            fed.train_x,
-            fed.train_y,
-            fed.client_indices[client_id],
-            torch_generator(self.seed, "batches", round_idx, client_id),
-            self.loss_fn,
-            client_id=client_id,
-            hooks=self.strategy.client_hooks(round_idx, client_id),
-            max_steps=max_steps,
-        )
-
-    # -- the loop ------------------------------------------------------------------------------
-    def sample_clients(self, round_idx: int) -> np.ndarray:
-        """The clients that train and report in round `round_idx` (after the sampler's dropouts).
-
-        The sampler's cohort (with the stragglers' shares of work) is kept for `client_max_steps`.
-        """
-        rng = numpy_rng(self.seed, "sampler", round_idx)
-        if hasattr(self.sampler, "cohort"):
-            cohort = self.sampler.cohort(round_idx, rng)
-        else:  # a duck-typed sampler with only `sample`
-            ids = np.sort(np.asarray(self.sampler.sample(round_idx, rng), dtype=np.int64))
-            cohort = Cohort(ids=ids, work=np.ones(len(ids)), sampled=len(ids))
-        self._cohort = (round_idx, cohort)
-        return cohort.ids
-
-    def client_max_steps(self, round_idx: int, client_id: int) -> int | None:
-        """A straggler's step budget in `round_idx`: max(1, floor(work * its full local steps));
-        None for a client that does all its work. Backends that plan steps ahead (vectorized) ask here."""
-        if self._cohort is None or self._cohort[0] != round_idx:
-            return None
-        cohort = self._cohort[1]
-        position = np.searchsorted(cohort.ids, client_id)
-        if position >= len(cohort.ids) or cohort.ids[position] != client_id or cohort.work[position] >= 1.0:
-            return None
-        full = self.trainer.num_steps(len(self.federation.client_indices[client_id]))
-        return max(1, int(math.floor(cohort.work[position] * full)))
+    def jobs(self, round_idx: int, cohort: Cohort) -> list[ClientJob]:
+        """The cohort as client jobs; a straggler's budget is max(1, floor(work * its full local steps))."""
+        sizes = self.runner.client_sizes()
+        jobs = []
+        for client, work in zip(cohort.ids.tolist(), cohort.work.tolist()):
+            budget = None
+            if work < 1.0:
+                budget = max(1, int(math.floor(work * self.trainer.num_steps(int(sizes[client])))))
+            jobs.append(ClientJob(client_id=int(client), round=round_idx, max_steps=budget))
+        return jobs
 
     def run_round(self, round_idx: int) -> dict[str, float]:
         """Run round `round_idx` (1-based) and return its metrics."""
         start = time.perf_counter()
-        client_ids = self.sample_clients(round_idx)
-        self.strategy.begin_round(round_idx, client_ids)
-        stats = RoundAccumulator(
-            loss_sum=torch.zeros((), device=self.device, dtype=torch.float64),
-            correct=torch.zeros((), device=self.device, dtype=torch.int64),
-        )
-        if len(client_ids) > 0:  # Poisson sampling or dropouts can leave a round without clients
-            self.backend.train_round(self, round_idx, client_ids, stats)
-        kill_point("round", round_idx)  # crash-test hook (no-op unless $FEDTORCH_KILL_AT asks for it)
-        server_metrics = self.strategy.finish_round(round_idx)
+        cohort = self.sample(round_idx)
+        payload = self.strategy.configure_round(round_idx)
+        download = self.global_vector.numel() * self.global_vector.element_size()
+        download += sum(t.numel() * t.element_size() for t in payload.values())
+        self.strategy.begin_round(round_idx, cohort.ids)
+        self.pipeline.begin(round_idx, cohort.ids, download_bytes=download)
+        stats = RoundStats.zeros(self.device)
+        for update in self.backend.train(self.jobs(round_idx, cohort), self.global_vector, payload):
+            stats.add(update)
+            self.pipeline.accept(update)
+        self.backend.reduce([self.pipeline, self.strategy, self.runner.state, stats])
+        aggregate = self.pipeline.result()
+        if aggregate is None and not self.pipeline.aborted and self.pipeline.count:
+            log.warning(
+                "round %d: %d client updates, %s needs at least %d: server step skipped",
+                round_idx,
+                self.pipeline.count,
+                type(self.strategy.aggregator).__name__,
+                self.strategy.aggregator.min_updates,
+            )
+        server_metrics = self.strategy.apply(round_idx, aggregate)
 
         metrics: dict[str, float] = {}
         if stats.samples > 0:
@@ -217,27 +259,49 @@ class Simulation:
         metrics["round/clients"] = float(stats.clients)
         metrics["round/samples"] = float(stats.samples)
         metrics["round/local_steps"] = float(stats.steps)
-        if getattr(self.sampler, "heterogeneous", False) and self._cohort is not None:
-            metrics["round/dropped"] = float(self._cohort[1].dropped)
-            metrics["round/stragglers"] = float(self._cohort[1].stragglers)
+        if self.sampler.heterogeneous:
+            metrics["round/dropped"] = float(cohort.dropped)
+            metrics["round/stragglers"] = float(cohort.stragglers)
         # Bare strategy keys go under server/; transforms name their own section (privacy/, comm/).
         metrics.update({(k if "/" in k else f"server/{k}"): v for k, v in server_metrics.items()})
+        metrics.update(self.pipeline.step_metrics())
         if round_idx % self.eval_every == 0 or round_idx == self.rounds:
-            metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-            # Strategies with per-client models (Ditto, FedPer) evaluate those too.
-            metrics.update({f"eval/{k}": v for k, v in self.strategy.evaluate(self).items()})
+            metrics.update(self.evaluate())
         metrics["round/seconds"] = time.perf_counter() - start
         return metrics
 
+    # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy of the global model on the central test set, and, where clients have
-        their own test splits, the spread of per-client accuracy (mean, std, worst 10%)."""
+        """The global model on the central test set (and, where clients have their own test splits,
+        the spread of per-client accuracy), personalized models on their clients' splits, and the
+        transforms' model metrics (a backdoor's success rate)."""
         self.flat.load(self.global_vector)
         fed = self.federation
-        groups = self._test_groups()
-        return evaluate(
-            self.model, fed.test_x, fed.test_y, self.loss_fn, groups=groups, num_groups=fed.num_clients
-        )
+        metrics = {
+            f"eval/{k}": v
+            for k, v in evaluate(
+                self.model, fed.test_x, fed.test_y, self.loss_fn, groups=self._test_groups(), num_groups=fed.num_clients
+            ).items()
+        }
+        if self.strategy.personalized and fed.client_test_indices is not None:
+            store = self.runner.state
+            personal = evaluate_per_client(
+                self.flat,
+                fed.test_x,
+                fed.test_y,
+                fed.client_test_indices,
+                lambda k: self.strategy.personal_vector(k, self.global_vector, store),
+                self.loss_fn,
+                fed.is_classification,
+                prefix="personal",
+            )
+            metrics.update({f"eval/{k}": v for k, v in personal.items()})
+        evaluators = [t for t in self.pipeline.transforms if t.evaluates_model]
+        if evaluators:
+            self.flat.load(self.global_vector)
+            for transform in evaluators:
+                metrics.update(transform.evaluate_model(self.model))
+        return metrics
 
     def _test_groups(self) -> Tensor | None:
         """Client id of every central test sample, when the test set is the union of client splits."""
@@ -253,49 +317,69 @@ class Simulation:
             self._test_group_cache = groups
         return self._test_group_cache
 
+    # -- the run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run the remaining rounds; returns the summary (final metrics and how it ran)."""
         wall_start = time.perf_counter()
         for callback in self.callbacks:
             callback.on_run_start(self)
-        while self.state.round < self.rounds and self.stop_reason is None:
-            round_idx = self.state.round + 1
-            metrics = self.run_round(round_idx)
-            self.state.round = round_idx
-            self.state.history.append({"round": round_idx, **metrics})
-            if not all(math.isfinite(v) for v in metrics.values()) or not bool(
-                torch.isfinite(self.global_vector).all()
-            ):
-                self.stop_reason = "diverged"
+        try:
+            while self.state.round < self.rounds and self.stop_reason is None:
+                round_idx = self.state.round + 1
+                for callback in self.callbacks:
+                    callback.on_round_start(self, round_idx)
+                # The processes of a distributed run stop together: rank 0's decision binds them all.
+                self.stop_reason = self.backend.agree_stop(self.stop_reason)
+                if self.stop_reason is not None:
+                    break
+                try:
+                    metrics = self.run_round(round_idx)
+                except StepFailed as error:
+                    self.stop_reason, self.stop_message = error.reason, str(error)
+                    log.error("round %d failed: %s", round_idx, error)
+                    break
+                self.state.round = round_idx
+                self.state.history.append({"round": round_idx, **metrics})
+                if not all(math.isfinite(v) for v in metrics.values()) or not bool(
+                    torch.isfinite(self.global_vector).all()
+                ):
+                    self.stop_reason = "diverged"
+                for callback in self.callbacks:
+                    callback.on_round_end(self, round_idx, metrics)
+                self.stop_reason = self.backend.agree_stop(self.stop_reason)
+            summary = self.summary(time.perf_counter() - wall_start)
             for callback in self.callbacks:
-                callback.on_round_end(self, round_idx, metrics)
-            # The processes of a distributed run stop together: rank 0's decision binds them all.
-            agree_stop = getattr(self.backend, "agree_stop", None)
-            if agree_stop is not None:
-                self.stop_reason = agree_stop(self.stop_reason)
-        summary = self.summary(time.perf_counter() - wall_start)
-        for callback in self.callbacks:
-            callback.on_run_end(self, summary)
+                callback.on_run_end(self, summary)
+        finally:
+            self.backend.close()
         return summary
+
+    @property
+    def failed(self) -> bool:
+        """The run stopped on an error of its own (divergence, a failed step), not by plan."""
+        return self.stop_reason == "diverged" or self.stop_message is not None
 
     def summary(self, wall_seconds: float) -> dict[str, Any]:
         """Final metrics (last evaluated values) and how the run ran."""
         final: dict[str, float] = {}
         for row in self.state.history:
             final.update({k: v for k, v in row.items() if k != "round"})
-        return {
+        summary = {
             "metrics": final,
             "rounds": self.state.round,
             "wall_seconds": wall_seconds,
             "device": str(self.device),
-            "backend": getattr(self.backend, "name", type(self.backend).__name__),
-            "world_size": getattr(self.backend, "world_size", 1),
+            "backend": self.backend.name,
+            "world_size": self.backend.world_size,
             "num_clients": self.federation.num_clients,
             "num_parameters": self.flat.layout.num_params,
             "diverged": self.stop_reason == "diverged",
             "diverged_round": self.state.round if self.stop_reason == "diverged" else None,
             "stop_reason": self.stop_reason,
         }
+        if self.stop_message is not None:
+            summary["message"] = self.stop_message
+        return summary
 
     def global_state_dict(self) -> dict[str, Tensor]:
         """The global model as a `state_dict` (cloned, on the CPU)."""
@@ -316,24 +400,26 @@ class Simulation:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly after the last finished round.
 
-        The global model, the strategy (server optimizer, per-client state, transforms), the
-        sampler, stateful backends, trainers and callbacks, the global random streams, the round
-        and the metrics history. Per-client and per-round streams need nothing: they derive from
-        (seed, round, client).
+        The global model, the strategy (server optimizer, its state), the per-client state, the
+        pipeline's transforms (accountants, residuals), the sampler, stateful trainers and
+        callbacks, the global random streams, the round, the metrics history and a planned stop
+        (a spent privacy budget stays spent). Per-client and per-round streams need nothing: they
+        derive from (seed, round, client).
         """
         state: dict[str, Any] = {
             "round": self.state.round,
             "history": [dict(row) for row in self.state.history],
             "global_vector": self.global_vector.detach().cpu().clone(),
             "strategy": self.strategy.state_dict(),
+            "client_state": self.runner.state.state_dict(),
+            "pipeline": self.pipeline.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
+            "stop_reason": None if self.failed else self.stop_reason,
         }
-        for name in ("backend", "trainer"):
-            component = getattr(self, name)
-            if hasattr(component, "state_dict"):
-                state[name] = component.state_dict()
-        callbacks = {key: cb.state_dict() for key, cb in self._callback_keys() if hasattr(cb, "state_dict")}
+        if hasattr(self.trainer, "state_dict"):
+            state["trainer"] = self.trainer.state_dict()
+        callbacks = {key: cb.state_dict() for key, cb in self._callback_keys()}
         state["callbacks"] = {key: value for key, value in callbacks.items() if value}
         return state
 
@@ -349,15 +435,16 @@ class Simulation:
             # In place: the strategy's server optimizer owns views of this vector.
             self.global_vector.copy_(vector)
         self.strategy.load_state_dict(state["strategy"])
+        self.runner.state.load_state_dict(state.get("client_state", {}))
+        self.pipeline.load_state_dict(state.get("pipeline", {}))
         self.sampler.load_state_dict(state["sampler"])
-        for name in ("backend", "trainer"):
-            component = getattr(self, name)
-            if name in state and hasattr(component, "load_state_dict"):
-                component.load_state_dict(state[name])
+        if "trainer" in state and hasattr(self.trainer, "load_state_dict"):
+            self.trainer.load_state_dict(state["trainer"])
         saved_callbacks = state.get("callbacks", {})
         for key, callback in self._callback_keys():
-            if key in saved_callbacks and hasattr(callback, "load_state_dict"):
+            if key in saved_callbacks:
                 callback.load_state_dict(saved_callbacks[key])
         self.state = SimulationState(round=int(state["round"]), history=[dict(row) for row in state["history"]])
-        self.stop_reason = None
+        self.stop_reason = state.get("stop_reason")
+        self.stop_message = None
         set_rng_state(state["rng"])

@@ -7,8 +7,8 @@
   2020, "How To Backdoor Federated Learning"): a share of each malicious client's samples gets a
   small trigger pattern stamped in the image corner and the label `target_class`; optionally the
   update is boosted (model replacement). The attack success rate, the share of triggered test
-  images of other classes that the global model classifies as the target, is logged every round
-  as `attack/backdoor_success`, next to the clean accuracy `eval/accuracy`.
+  images of other classes that the global model classifies as the target, is logged at every
+  evaluation as `eval/attack/backdoor_success`, next to the clean accuracy `eval/accuracy`.
 
 Poisoned samples are appended to the train tensors and the malicious clients' indices point at
 them, so no backend needs to know about the attack and honest data is never modified.
@@ -16,19 +16,18 @@ them, so no backend needs to know about the attack and honest data is never modi
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from fedtorch.attacks.base import Attack
+from fedtorch.attacks.base import Attack, replacement_scale
 from fedtorch.client import ClientUpdate
 from fedtorch.data.base import FederatedDataset
+from fedtorch.errors import OptionError, check_int, check_number
+from fedtorch.pipeline import PipelineContext
 from fedtorch.seeding import numpy_rng
-from fedtorch.strategies.base import Strategy
 
 
 def with_client_samples(federation: FederatedDataset, replacements: dict[int, tuple[Tensor, Tensor, Tensor]]):
@@ -59,16 +58,17 @@ class LabelFlip(Attack):
 
     def __init__(
         self,
-        num_clients: int,
         fraction: float = 0.2,
         source: int | None = None,
         target: int | None = None,
-        seed: int = 0,
+        num_clients: int | None = None,
+        seed: int | None = None,
     ) -> None:
-        super().__init__(num_clients, fraction, seed)
+        super().__init__(fraction, num_clients, seed)
         if (source is None) != (target is None):
-            raise ValueError("attack.source and attack.target go together (or both null: flip every label)")
-        self.source, self.target = source, target
+            raise OptionError("attack.source", source, "attack.source and attack.target go together (or both null)")
+        self.source = check_int("attack.source", source, 0, none=True)
+        self.target = check_int("attack.target", target, 0, none=True)
 
     def flip(self, y: Tensor, num_classes: int) -> Tensor:
         if self.source is None:
@@ -77,12 +77,16 @@ class LabelFlip(Attack):
 
     def poison(self, federation: FederatedDataset) -> FederatedDataset:
         if not federation.is_classification:
-            raise ValueError("label flipping needs a classification dataset")
+            raise OptionError("attack", "label_flip", "label flipping needs a classification dataset")
+        classes = federation.num_classes
+        for key, value in (("attack.source", self.source), ("attack.target", self.target)):
+            if value is not None and value >= classes:
+                raise OptionError(key, value, f"a class of the dataset, in [0, {classes})")
         replacements = {}
         for client in sorted(self.attackers):
             ix = federation.client_indices[client]
             x, y = federation.train_x[ix], federation.train_y[ix]
-            replacements[client] = (ix[:0], x.clone(), self.flip(y, federation.num_classes))
+            replacements[client] = (ix[:0], x.clone(), self.flip(y, classes))
         return with_client_samples(federation, replacements)
 
 
@@ -109,51 +113,55 @@ class Backdoor(Attack):
 
     Args:
         target_class: the label the trigger should force.
-        poison_fraction: share of each malicious client's samples replaced by triggered copies.
+        poison_fraction: share of each malicious client's samples replaced by triggered copies;
+            every attacker must get at least one.
         trigger_size: side of the checkerboard trigger, in pixels.
-        scale: boost of the malicious update (1: none; None: model replacement, E[m] / server_lr).
-        expected_cohort_size: E[m], for `scale=None`.
-        model: a module with the global model's architecture, to measure the attack success rate
-            (a private copy is kept; only its structure is used).
+        scale: boost of the malicious update (1: none; None: model replacement, see
+            `fedtorch.attacks.base.replacement_scale`).
     """
+
+    evaluates_model = True
 
     def __init__(
         self,
-        num_clients: int,
         fraction: float = 0.2,
         target_class: int = 0,
         poison_fraction: float = 0.5,
         trigger_size: int = 4,
         scale: float | None = 1.0,
-        expected_cohort_size: float | None = None,
-        model: nn.Module | None = None,
-        seed: int = 0,
+        num_clients: int | None = None,
+        seed: int | None = None,
     ) -> None:
-        super().__init__(num_clients, fraction, seed)
-        if not 0.0 < poison_fraction <= 1.0:
-            raise ValueError(f"attack.poison_fraction={poison_fraction} must be in (0, 1]")
-        if scale is None and expected_cohort_size is None:
-            raise ValueError("attack.scale=None (model replacement) needs the expected cohort size")
-        self.target_class = target_class
-        self.poison_fraction = poison_fraction
-        self.trigger_size = trigger_size
-        self.scale = scale
-        self.expected_cohort_size = expected_cohort_size
-        self.model = None if model is None else copy.deepcopy(model)
+        super().__init__(fraction, num_clients, seed)
+        self.target_class = check_int("attack.target_class", target_class, 0)
+        self.poison_fraction = check_number("attack.poison_fraction", poison_fraction, 0.0, 1.0, low_open=True)
+        self.trigger_size = check_int("attack.trigger_size", trigger_size, 1)
+        self.scale = check_number("attack.scale", scale, 0.0, low_open=True, none=True)
         self.trigger_x: Tensor | None = None
-        self._success: float | None = None
 
     def poison(self, federation: FederatedDataset) -> FederatedDataset:
         if not federation.is_classification:
-            raise ValueError("the backdoor attack needs a classification dataset")
-        if not 0 <= self.target_class < federation.num_classes:
-            raise ValueError(f"attack.target_class={self.target_class} must be in [0, {federation.num_classes})")
+            raise OptionError("attack", "backdoor", "the backdoor attack needs a classification dataset")
+        if self.target_class >= federation.num_classes:
+            raise OptionError(
+                "attack.target_class", self.target_class, f"a class of the dataset, in [0, {federation.num_classes})"
+            )
+        pixels = federation.train_x[0].numel() if len(federation.train_x) else 0
+        if self.trigger_size**2 > pixels:
+            raise OptionError("attack.trigger_size", self.trigger_size, f"a square of at most {pixels} features")
         value = float(federation.train_x.max())  # the "white" pixel of the (normalized) data
         replacements = {}
         for client in sorted(self.attackers):
             ix = federation.client_indices[client]
-            rng = numpy_rng(self.seed, "backdoor", client)
             count = int(round(self.poison_fraction * len(ix)))
+            if count == 0 and len(ix) > 0:
+                raise OptionError(
+                    "attack.poison_fraction",
+                    self.poison_fraction,
+                    f"malicious client {client} has {len(ix)} samples and would poison none: at least "
+                    f"{0.5 / len(ix):.3g}",
+                )
+            rng = numpy_rng(self.seed, "backdoor", client)
             chosen = np.zeros(len(ix), dtype=bool)
             chosen[rng.choice(len(ix), size=count, replace=False)] = True
             mask = torch.as_tensor(chosen, device=ix.device)
@@ -163,35 +171,34 @@ class Backdoor(Attack):
             replacements[client] = (ix[~mask], x, y)
         # The success-rate test set: triggered test images whose true class is not the target.
         keep = federation.test_y != self.target_class
-        self.trigger_x = stamp_trigger(federation.test_x[keep], value, self.trigger_size).cpu()
+        self.trigger_x = stamp_trigger(federation.test_x[keep], value, self.trigger_size)
         return with_client_samples(federation, replacements)
 
-    def setup(self, strategy: Strategy) -> None:
-        if self.scale is None:
-            self.scale = float(self.expected_cohort_size) / float(getattr(strategy, "server_lr", 1.0))
-        self.strategy = strategy
-        if self.model is not None and self.trigger_x is not None:
-            device = strategy.global_vector.device
-            self.model = self.model.to(device).eval()
-            self.trigger_x = self.trigger_x.to(device)
+    def setup(self, context: PipelineContext) -> None:
+        super().setup(context)
+        if self.trigger_x is not None:
+            self.trigger_x = self.trigger_x.to(context.device)  # evaluated on the device, moved once
 
-    def tamper(self, round_idx: int, update: ClientUpdate) -> Tensor:
-        return update.delta if self.scale == 1.0 else update.delta * self.scale
+    def tamper(self, step: int, update: ClientUpdate) -> Tensor:
+        scale = self.scale if self.scale is not None else replacement_scale(self.context, update)
+        return update.delta if scale == 1.0 else update.delta * scale
 
     @torch.no_grad()
-    def success_rate(self, vector: Tensor) -> float:
-        """Share of triggered non-target test images that the model `vector` labels `target_class`."""
-        if self.model is None or self.trigger_x is None:
-            raise RuntimeError("success_rate needs a model and poison() to have run")
-        weights = self.strategy.layout.state_dict(vector)
+    def success_rate(self, model: nn.Module) -> float:
+        """Share of triggered non-target test images that `model` labels `target_class`."""
+        if self.trigger_x is None:
+            raise RuntimeError("success_rate needs poison() to have run")
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
         hits = 0
         for start in range(0, len(self.trigger_x), 2048):
-            out = functional_call(self.model, weights, (self.trigger_x[start : start + 2048],))
+            out = model(self.trigger_x[start : start + 2048].to(device))
             hits += int((out.argmax(-1) == self.target_class).sum())
+        model.train(was_training)
         return hits / max(len(self.trigger_x), 1)
 
-    def round_metrics(self) -> dict[str, float]:
-        metrics = super().round_metrics()
-        if self.model is not None and self.trigger_x is not None:
-            metrics["attack/backdoor_success"] = self.success_rate(self.strategy.global_vector)
-        return metrics
+    def evaluate_model(self, model: nn.Module) -> dict[str, float]:
+        if self.trigger_x is None:
+            return {}
+        return {"attack/backdoor_success": self.success_rate(model)}

@@ -5,8 +5,9 @@
 - `DistributedBackend`: torchrun processes share the clients; one all_reduce per round.
 """
 
+from fedtorch.backends.base import Backend
 from fedtorch.backends.distributed import DistributedBackend
 from fedtorch.backends.sequential import SequentialBackend
 from fedtorch.backends.vectorized import VectorizedBackend
 
-__all__ = ["DistributedBackend", "SequentialBackend", "VectorizedBackend"]
+__all__ = ["Backend", "DistributedBackend", "SequentialBackend", "VectorizedBackend"]

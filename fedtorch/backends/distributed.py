@@ -6,11 +6,12 @@
 
 Every process builds the same federation, model and strategy from the same seed, and samples the
 same clients each round (sampling derives from (seed, round) alone). Each trains its share of the
-round's clients with an inner backend (sequential, or vectorized for batched clients), streaming
-their updates into its own copy of the strategy's aggregator; `strategy.merge()` then combines the
-partial weighted sums of all processes in one `all_reduce` (reducers that need every update
-all-gather instead), and every process takes the same server step, so the global models stay
-identical without ever being broadcast. The round's training statistics are summed the same way.
+round's clients with an inner backend (sequential, or vectorized for batched clients); the loop
+streams them into its own copy of the update pipeline, and `reduce` then combines the partial
+weighted sums of all processes in one `all_reduce` (reducers that need every update all-gather
+instead), together with the strategy's per-round accumulators, the per-client state written this
+round and the round's training statistics. Every process takes the same server step, so the
+global models stay identical without ever being broadcast.
 The pattern is apple/pfl-research's (workers that all-reduce once per round), on plain
 `torch.distributed`: gloo on CPU, NCCL on GPU.
 
@@ -24,19 +25,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
+from fedtorch.backends.base import Backend, Mergeable
 from fedtorch.backends.sequential import SequentialBackend
 from fedtorch.backends.vectorized import VectorizedBackend
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import RoundAccumulator, Simulation
+from fedtorch.client import ClientUpdate
+from fedtorch.errors import check_choice
+from fedtorch.runner import ClientJob, ClientRunner, Payload
 
 log = logging.getLogger("fedtorch")
 
@@ -140,8 +143,8 @@ def assign_clients(budgets: list[int], num_ranks: int) -> list[list[int]]:
 
 
 # -- the backend ------------------------------------------------------------------------------------
-class DistributedBackend:
-    """Each process trains its share of the round's clients; the partial sums meet in an all_reduce.
+class DistributedBackend(Backend):
+    """Each process trains its share of the step's clients; the partial sums meet in an all_reduce.
 
     Args:
         inner: how a process trains its share: "sequential" or "vectorized".
@@ -153,48 +156,42 @@ class DistributedBackend:
     name = "distributed"
 
     def __init__(self, inner: str = "sequential", chunk_size: int | None = None) -> None:
-        if inner not in ("sequential", "vectorized"):
-            raise ValueError(f"inner={inner!r}: use 'sequential' or 'vectorized'")
+        check_choice("backend.inner", inner, ("sequential", "vectorized"))
         self.inner_name = inner
-        self.inner = VectorizedBackend(chunk_size) if inner == "vectorized" else SequentialBackend()
+        self.inner: Backend = VectorizedBackend(chunk_size) if inner == "vectorized" else SequentialBackend()
 
     @property
     def world_size(self) -> int:
         return world_size()
 
-    def setup(self, sim: Simulation) -> None:
+    @property
+    def rank(self) -> int:
+        return rank()
+
+    def setup(self, runner: ClientRunner) -> None:
+        super().setup(runner)
         if launched_by_torchrun() and not dist.is_initialized():
-            init_process_group(sim.device)
+            init_process_group(runner.device)
         if not dist.is_initialized():
             log.warning("backend=distributed outside torchrun: training in this one process")
-        elif world_size() > 1:
-            # Same seed, same initial weights; broadcasting rank 0's makes it certain (as DDP does).
-            dist.broadcast(sim.global_vector, src=0)
-        self.inner.setup(sim)
+        self.inner.setup(runner)
 
-    def train_round(self, sim: Simulation, round_idx: int, client_ids: np.ndarray, stats: RoundAccumulator) -> None:
+    def broadcast(self, tensor: Tensor) -> None:
+        # Same seed, same initial weights; broadcasting rank 0's makes it certain (as DDP does).
+        if world_size() > 1:
+            dist.broadcast(tensor, src=0)
+
+    def train(self, jobs: Sequence[ClientJob], start: Tensor, payload: Payload) -> Iterator[ClientUpdate]:
         num_ranks = world_size()
         if num_ranks > 1:
-            budgets = [
-                sim.trainer.num_steps(len(sim.federation.client_indices[c]), sim.client_max_steps(round_idx, c))
-                for c in (int(c) for c in client_ids)
-            ]
-            mine = assign_clients(budgets, num_ranks)[rank()]
-            client_ids = np.asarray(client_ids)[mine]
-        self.inner.train_round(sim, round_idx, client_ids, stats)
-        if num_ranks > 1:
-            sim.strategy.merge()
-            self._reduce_stats(stats, sim.device)
+            budgets = [self.runner.num_steps(job) for job in jobs]
+            jobs = [jobs[i] for i in assign_clients(budgets, num_ranks)[rank()]]
+        yield from self.inner.train(jobs, start, payload)
 
-    @staticmethod
-    def _reduce_stats(stats: RoundAccumulator, device: torch.device) -> None:
-        """Sum the round's training statistics over processes (one small all_reduce)."""
-        counts = torch.tensor([stats.samples, stats.steps, stats.clients], dtype=torch.float64, device=device)
-        packed = torch.cat([stats.loss_sum.reshape(1).double(), stats.correct.reshape(1).double(), counts])
-        dist.all_reduce(packed)
-        stats.loss_sum.copy_(packed[0])
-        stats.correct.copy_(packed[1].round())
-        stats.samples, stats.steps, stats.clients = (int(v) for v in packed[2:].round().tolist())
+    def reduce(self, parts: Sequence[Mergeable]) -> None:
+        if world_size() > 1:
+            for part in parts:
+                part.merge()
 
     def agree_stop(self, stop_reason: str | None) -> str | None:
         """Rank 0's decision to stop (its callbacks: early stopping, divergence) binds every rank."""
@@ -203,3 +200,6 @@ class DistributedBackend:
         decision = [stop_reason]
         dist.broadcast_object_list(decision, src=0)
         return decision[0]
+
+    def close(self) -> None:
+        shutdown()

@@ -1,30 +1,24 @@
-"""The reference backend: the round's clients, one after another, in one process."""
+"""The reference backend: the step's clients, one after another, in one process."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
 
-import numpy as np
+from torch import Tensor
 
-if TYPE_CHECKING:
-    from fedtorch.simulation import RoundAccumulator, Simulation
+from fedtorch.backends.base import Backend
+from fedtorch.client import ClientUpdate
+from fedtorch.runner import ClientJob, Payload
 
 
-class SequentialBackend:
-    """Train each sampled client in turn on the simulation's single worker model.
+class SequentialBackend(Backend):
+    """Train each client in turn on the runner's single worker model.
 
-    Updates stream into the strategy's aggregator as they are produced, so memory holds one
-    client update at a time, not one per client.
+    Updates are yielded as they are produced, so the pipeline holds one client update at a time.
     """
 
     name = "sequential"
-    world_size = 1
 
-    def setup(self, sim: Simulation) -> None:
-        pass
-
-    def train_round(self, sim: Simulation, round_idx: int, client_ids: np.ndarray, stats: RoundAccumulator) -> None:
-        for client_id in client_ids:
-            update = sim.train_client(round_idx, int(client_id))
-            stats.add(update)
-            sim.strategy.accept(round_idx, update)
+    def train(self, jobs: Sequence[ClientJob], start: Tensor, payload: Payload) -> Iterator[ClientUpdate]:
+        for job in jobs:
+            yield self.runner.run(job, start, payload)

@@ -19,8 +19,8 @@ Exactly the sequential semantics:
   written with the same elementwise operations in the same order, on the stacked weights.
 
 What cannot be batched falls back to the sequential backend for the whole run, with one logged
-warning naming the reason: a trainer other than `LocalTrainer`, a strategy with client hooks
-(FedProx, SCAFFOLD, ...), models with buffers that training updates (BatchNorm), dropout, frozen
+warning naming the reason: a trainer that is not plain minibatch SGD (DP-SGD), a strategy that
+changes local training (FedProx, SCAFFOLD, ...), models with buffers that training updates (BatchNorm), dropout, frozen
 parameters, a custom loss function, or an optimizer other than SGD (all checked at set-up); and a
 chunk that torch.func fails to train (an operation without a batching rule, out of memory): the
 clients of the round not yet aggregated are then trained sequentially.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,13 +38,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from fedtorch.backends.base import Backend
 from fedtorch.backends.sequential import SequentialBackend
-from fedtorch.client import ClientUpdate, LocalTrainer, epoch_orders
+from fedtorch.client import ClientUpdate, OptimizerSettings, epoch_orders
+from fedtorch.errors import check_int
+from fedtorch.runner import ClientJob, ClientRunner, Payload
 from fedtorch.seeding import torch_generator
-from fedtorch.strategies.base import Strategy
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import RoundAccumulator, Simulation
 
 log = logging.getLogger("fedtorch")
 
@@ -54,58 +52,28 @@ log = logging.getLogger("fedtorch")
 _BATCHABLE_LOSSES = (F.cross_entropy, F.mse_loss)
 
 
-@dataclass(frozen=True)
-class SGDConfig:
-    """The hyperparameters of a `torch.optim.SGD` instance (its `defaults`)."""
-
-    lr: float
-    momentum: float = 0.0
-    dampening: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    maximize: bool = False
-
-
-def sgd_config(trainer: LocalTrainer) -> SGDConfig | str:
-    """The trainer's optimizer as an `SGDConfig`, or the reason it cannot be vectorized.
-
-    The factory is called on a dummy parameter, so any way of configuring it (a `functools.partial`,
-    Hydra's `_partial_`, a subclass) is read back from what the optimizer actually holds.
-    """
-    probe = trainer.optimizer([nn.Parameter(torch.zeros(1))], lr=trainer.lr)
-    if type(probe) is not torch.optim.SGD:
-        return f"trainer.optimizer is {type(probe).__name__}; the vectorized backend implements torch.optim.SGD"
-    d = probe.defaults
-    return SGDConfig(
-        lr=float(d["lr"]),
-        momentum=float(d["momentum"]),
-        dampening=float(d["dampening"]),
-        weight_decay=float(d["weight_decay"]),
-        nesterov=bool(d["nesterov"]),
-        maximize=bool(d.get("maximize", False)),
-    )
-
-
-def fallback_reason(sim: Simulation) -> str | None:
-    """Why `sim` cannot be trained by the vectorized backend, or None when it can."""
-    if type(sim.trainer).train is not LocalTrainer.train:
-        return f"trainer {type(sim.trainer).__name__} overrides LocalTrainer.train"
-    if type(sim.strategy).client_hooks is not Strategy.client_hooks:
-        name = getattr(sim.strategy, "name", type(sim.strategy).__name__)
-        return f"strategy {name} changes local training through client hooks"
-    if sim.flat.layout.size > sim.flat.layout.num_params:
+def fallback_reason(runner: ClientRunner) -> str | None:
+    """Why `runner`'s clients cannot be trained by the vectorized backend, or None when they can."""
+    if not runner.trainer.vectorizable:
+        return f"trainer {type(runner.trainer).__name__} is not plain minibatch SGD"
+    if runner.algorithm.changes_local_training:
+        return f"strategy {runner.algorithm.name} changes local training"
+    if runner.layout.size > runner.layout.num_params:
         return "the model has buffers that training updates (e.g. BatchNorm running statistics)"
-    if any(not p.requires_grad for p in sim.model.parameters()):
+    if any(not p.requires_grad for p in runner.model.parameters()):
         return "the model has frozen parameters"
-    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in sim.model.modules()):
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in runner.model.modules()):
         return "the model has dropout (random masks drawn per client)"
-    if sim.loss_fn not in _BATCHABLE_LOSSES:
+    if runner.loss_fn not in _BATCHABLE_LOSSES:
         return "a custom loss function (only cross-entropy and MSE are batched)"
-    config = sgd_config(sim.trainer)
-    return config if isinstance(config, str) else None
+    if not runner.optimizer.is_sgd:
+        return f"trainer.optimizer is {runner.optimizer.name}; the vectorized backend implements torch.optim.SGD"
+    return None
 
 
-def sgd_step(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor] | None, sgd: SGDConfig, first: bool) -> None:
+def sgd_step(
+    params: list[Tensor], grads: list[Tensor], bufs: list[Tensor] | None, sgd: OptimizerSettings, first: bool
+) -> None:
     """One `torch.optim.SGD` step on stacked weights, in place; the same formulas in the same order.
 
     torch.optim.SGD (single-tensor path): g = -g if maximize; g = g + wd * p; buf = g on the first
@@ -136,7 +104,7 @@ class ChunkSchedule:
     train at step t.
     """
 
-    client_ids: list[int]
+    jobs: list[ClientJob]
     budgets: list[int]
     seen: list[int]
     index: Tensor
@@ -145,30 +113,29 @@ class ChunkSchedule:
 
 
 def chunk_schedule(
-    sim: Simulation, round_idx: int, client_ids: Sequence[int], budgets: Sequence[int], cpu_indices: list[Tensor]
+    seed: int, batch_size: int, jobs: Sequence[ClientJob], budgets: Sequence[int], cpu_indices: list[Tensor]
 ) -> ChunkSchedule:
-    """Lay out the batches of `client_ids` (sorted by descending budget) as padded index tensors."""
-    batch_size = sim.trainer.batch_size
-    sizes = [len(cpu_indices[c]) for c in client_ids]
+    """Lay out the batches of `jobs` (sorted by descending budget) as padded index tensors."""
+    sizes = [len(cpu_indices[j.client_id]) for j in jobs]
     widths = [n if batch_size == -1 else min(batch_size, n) for n in sizes]
     steps = max(budgets, default=0)
     width = max((w for w, b in zip(widths, budgets) if b > 0), default=1)
-    index = torch.zeros(steps, len(client_ids), width, dtype=torch.int64)
-    mask = torch.zeros(steps, len(client_ids), width, dtype=torch.bool)
+    index = torch.zeros(steps, len(jobs), width, dtype=torch.int64)
+    mask = torch.zeros(steps, len(jobs), width, dtype=torch.bool)
     seen = []
-    for c, (client_id, n, budget) in enumerate(zip(client_ids, sizes, budgets)):
+    for c, (job, n, budget) in enumerate(zip(jobs, sizes, budgets)):
         if budget == 0:
             seen.append(0)
             continue
         batch = n if batch_size == -1 else batch_size
         per_epoch = -(-n // batch)
-        generator = torch_generator(sim.seed, "batches", round_idx, client_id)
+        generator = torch_generator(seed, "batches", job.round, job.client_id)
         # Pad each epoch's order to whole batches: (per_epoch, batch) rows, the tail masked out.
         padded = torch.zeros(per_epoch * batch, dtype=torch.int64)
         real = torch.arange(per_epoch * batch) < n
         rows = []
         for perm in epoch_orders(n, batch, budget, generator):
-            padded[:n] = cpu_indices[client_id][perm]
+            padded[:n] = cpu_indices[job.client_id][perm]
             rows.append(padded.view(per_epoch, batch).clone())
         positions = torch.cat(rows)[:budget]
         valid = real.view(per_epoch, batch).repeat(len(rows), 1)[:budget]
@@ -177,43 +144,39 @@ def chunk_schedule(
         seen.append(int(valid.sum()))
     # Budgets are sorted descending, so the clients with budget > t are the first active[t].
     active = (np.asarray(budgets)[None, :] > np.arange(steps)[:, None]).sum(1).tolist()
-    return ChunkSchedule(list(client_ids), list(budgets), seen, index, mask, active)
+    return ChunkSchedule(list(jobs), list(budgets), seen, index, mask, active)
 
 
-class VectorizedBackend:
-    """Train the round's clients in chunks of `chunk_size`, each chunk as one batched computation.
+class VectorizedBackend(Backend):
+    """Train the step's clients in chunks of `chunk_size`, each chunk as one batched computation.
 
     Args:
-        chunk_size: clients trained together; None puts the whole round in one chunk. Memory grows
+        chunk_size: clients trained together; None puts the whole step in one chunk. Memory grows
             with it (a chunk holds chunk_size copies of the weights, their gradients and momentum,
             and chunk_size batches of activations): lower it for large models on a GPU.
     """
 
     name = "vectorized"
-    world_size = 1
 
     def __init__(self, chunk_size: int | None = None) -> None:
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size} must be >= 1 or None (the whole round)")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_int("backend.chunk_size", chunk_size, 1, none=True, extra=" (null: the whole round)")
         self.fallback: str | None = None  # why training runs sequentially, once it does
 
-    def setup(self, sim: Simulation) -> None:
+    def setup(self, runner: ClientRunner) -> None:
+        super().setup(runner)
         self._sequential = SequentialBackend()
-        self._sequential.setup(sim)
+        self._sequential.setup(runner)
         self.fallback = None
-        reason = fallback_reason(sim)
+        reason = fallback_reason(runner)
         if reason is not None:
             self._fall_back(reason)
             return
-        config = sgd_config(sim.trainer)
-        assert isinstance(config, SGDConfig)
-        self.sgd = config
-        self.names = sim.flat.layout.names[: len(sim.flat.params)]
+        self.sgd = runner.optimizer
+        self.names = runner.layout.names[: len(runner.flat.params)]
         # Batches are laid out on the CPU (the batch generators are CPU generators), from a CPU copy
         # of every client's indices made once, then moved to the device once per chunk.
-        self.cpu_indices = [ix.cpu() for ix in sim.federation.client_indices]
-        model, loss_fn = sim.model, sim.loss_fn
+        self.cpu_indices = [ix.cpu() for ix in runner.federation.client_indices]
+        model, loss_fn = runner.model, runner.loss_fn
 
         def client_loss(params: dict[str, Tensor], xb: Tensor, yb: Tensor, mb: Tensor) -> tuple[Tensor, Tensor]:
             out = functional_call(model, params, (xb,))
@@ -230,70 +193,52 @@ class VectorizedBackend:
         self.fallback = reason
         self.name = "sequential"  # what summary.json records: how the clients were really trained
 
-    def train_round(self, sim: Simulation, round_idx: int, client_ids: np.ndarray, stats: RoundAccumulator) -> None:
-        ids = [int(c) for c in client_ids]
+    def train(self, jobs: Sequence[ClientJob], start: Tensor, payload: Payload) -> Iterator[ClientUpdate]:
         done: set[int] = set()
         if self.fallback is None:
             try:
-                # Updates stream into the aggregator chunk by chunk: memory holds one chunk's updates.
-                for chunk in self.chunks(sim, round_idx, ids):
+                # Updates stream out chunk by chunk: memory holds one chunk's updates.
+                for chunk in self.chunks(jobs, start):
                     for update in chunk:
-                        stats.add(update)
-                        sim.strategy.accept(round_idx, update)
                         done.add(update.client_id)
+                        yield update
                 return
             except RuntimeError as error:  # an operation torch.func cannot batch, or out of memory
                 self._fall_back(f"torch.func could not train the chunk ({str(error).splitlines()[0]})")
-        remaining = np.asarray([c for c in ids if c not in done], dtype=np.int64)
-        self._sequential.train_round(sim, round_idx, remaining, stats)
+        remaining = [job for job in jobs if job.client_id not in done]
+        yield from self._sequential.train(remaining, start, payload)
 
-    def train_clients(
-        self,
-        sim: Simulation,
-        round_idx: int,
-        client_ids: Sequence[int],
-        max_steps: Sequence[int | None] | None = None,
-    ) -> list[ClientUpdate]:
-        """Local training of `client_ids` from the global weights (all chunks; see `chunks`)."""
-        return [update for chunk in self.chunks(sim, round_idx, client_ids, max_steps) for update in chunk]
+    def chunks(self, jobs: Sequence[ClientJob], start: Tensor) -> Iterator[list[ClientUpdate]]:
+        """Local training of `jobs` from the weights `start`, one chunk's updates at a time.
 
-    def chunks(
-        self,
-        sim: Simulation,
-        round_idx: int,
-        client_ids: Sequence[int],
-        max_steps: Sequence[int | None] | None = None,
-    ) -> Iterator[list[ClientUpdate]]:
-        """Local training of `client_ids` from the global weights, one chunk's updates at a time.
-
-        Each client's step budget is capped, like `Simulation.train_client`, by the sampler's
-        straggler budget (`sim.client_max_steps`) and by `max_steps` when given. Clients are
-        grouped by budget; a chunk's updates come in the order of `client_ids`.
+        Each client's step budget is the trainer's, capped by the job's (a straggler's). Clients
+        are grouped by budget; a chunk's updates come in the order of `jobs`.
         """
-        budgets = []
-        for i, client_id in enumerate(client_ids):
-            caps = [sim.client_max_steps(round_idx, client_id), None if max_steps is None else max_steps[i]]
-            cap = min((c for c in caps if c is not None), default=None)
-            budgets.append(sim.trainer.num_steps(len(self.cpu_indices[client_id]), cap))
-        order = sorted(range(len(client_ids)), key=lambda i: -budgets[i])  # stable: ties keep their order
+        budgets = [self.runner.num_steps(job) for job in jobs]
+        order = sorted(range(len(jobs)), key=lambda i: -budgets[i])  # stable: ties keep their order
         size = self.chunk_size or max(len(order), 1)
-        for start in range(0, len(order), size):
-            members = order[start : start + size]
+        for first in range(0, len(order), size):
+            members = order[first : first + size]
             schedule = chunk_schedule(
-                sim, round_idx, [client_ids[i] for i in members], [budgets[i] for i in members], self.cpu_indices
+                self.runner.seed,
+                self.runner.trainer.batch_size,
+                [jobs[i] for i in members],
+                [budgets[i] for i in members],
+                self.cpu_indices,
             )
-            chunk = self._train_chunk(sim, schedule)
+            chunk = self._train_chunk(schedule, start)
             # The caller's order (for a single chunk exactly the sequential backend's order).
             yield [u for _, u in sorted(zip(members, chunk), key=lambda pair: pair[0])]
 
-    def _train_chunk(self, sim: Simulation, schedule: ChunkSchedule) -> list[ClientUpdate]:
-        device = sim.device
-        fed = sim.federation
+    def _train_chunk(self, schedule: ChunkSchedule, start: Tensor) -> list[ClientUpdate]:
+        runner = self.runner
+        device = runner.device
+        fed = runner.federation
         x, y = fed.train_x, fed.train_y
-        num = len(schedule.client_ids)
-        global_params = sim.flat.layout.split(sim.global_vector)[: len(self.names)]
-        # Every client starts from the global weights: (num, *shape) per parameter, contiguous.
-        params = [g.detach().unsqueeze(0).repeat(num, *([1] * g.dim())) for g in global_params]
+        num = len(schedule.jobs)
+        start_params = runner.layout.split(start)[: len(self.names)]
+        # Every client starts from the same weights: (num, *shape) per parameter, contiguous.
+        params = [g.detach().unsqueeze(0).repeat(num, *([1] * g.dim())) for g in start_params]
         bufs = [torch.empty_like(p) for p in params] if self.sgd.momentum != 0 else None
         index = schedule.index.to(device, non_blocking=True)
         mask = schedule.mask.to(device=device, dtype=x.dtype if x.is_floating_point() else torch.float32)
@@ -301,7 +246,7 @@ class VectorizedBackend:
         classify = y.dtype == torch.int64
         loss_sum = torch.zeros(num, device=device)
         correct = torch.zeros(num, device=device, dtype=torch.int64)
-        sim.model.train()
+        runner.model.train()
         for t, k in enumerate(schedule.active):
             ix = index[t, :k]
             xb, yb, mb = x[ix], y[ix], mask[t, :k]
@@ -319,16 +264,16 @@ class VectorizedBackend:
                 correct[:k] += ((out.detach().argmax(-1) == yb) & (mb > 0)).sum(-1)
 
         updates = []
-        for c, client_id in enumerate(schedule.client_ids):
+        for c, job in enumerate(schedule.jobs):
             local = torch.cat([p[c].reshape(-1) for p in params])
             metrics = {"loss_sum": loss_sum[c], "samples_seen": torch.tensor(schedule.seen[c])}
             if classify:
                 metrics["correct"] = correct[c]
             updates.append(
                 ClientUpdate(
-                    client_id=client_id,
-                    delta=local - sim.global_vector,
-                    num_samples=len(self.cpu_indices[client_id]),
+                    client_id=job.client_id,
+                    delta=local - start,
+                    num_samples=len(self.cpu_indices[job.client_id]),
                     num_steps=schedule.budgets[c],
                     metrics=metrics,
                 )

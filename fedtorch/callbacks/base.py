@@ -31,12 +31,18 @@ class RunView(Protocol):
     def request_stop(self, reason: str) -> None:
         """Stop after the current round (the first reason given wins)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds to continue the run exactly."""
+
 
 class Callback:
     """Observer of a run: every method is optional."""
 
     def on_run_start(self, run: RunView) -> None:
         pass
+
+    def on_round_start(self, run: RunView, round_idx: int) -> None:
+        """Before round `round_idx` trains; `run.request_stop` here means it never does."""
 
     def on_round_end(self, run: RunView, round_idx: int, metrics: dict[str, float]) -> None:
         pass

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-
-from fedtorch.callbacks.base import Callback
+from fedtorch.callbacks.base import Callback, RunView
 from fedtorch.checkpoint import (
     checkpoint_path,
     list_checkpoints,
@@ -15,9 +13,6 @@ from fedtorch.checkpoint import (
     remove_temporaries,
     save_checkpoint,
 )
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import Simulation
 
 
 class Checkpoint(Callback):
@@ -53,30 +48,39 @@ class Checkpoint(Callback):
         self.last_round: int | None = None
         self.last_path: Path | None = None
 
-    def on_run_start(self, sim: Simulation) -> None:
+    def on_run_start(self, run: RunView) -> None:
         remove_temporaries(self.run_dir)  # torn writes of a killed process
         found = list_checkpoints(self.run_dir)
         # Checkpoints newer than the resumed round (resume from an older file) belong to the
         # abandoned trajectory: drop them, so the newest checkpoint is always this run's.
         for round_idx, path in found:
-            if round_idx > sim.state.round:
+            if round_idx > run.round:
                 path.unlink(missing_ok=True)
-        kept = [(r, p) for r, p in found if r <= sim.state.round]
+        kept = [(r, p) for r, p in found if r <= run.round]
         if kept:
             self.last_round, self.last_path = kept[-1]
 
-    def on_round_end(self, sim: Simulation, round_idx: int, metrics: dict[str, float]) -> None:
-        if sim.stop_reason == "diverged" or not bool(torch.isfinite(sim.global_vector).all()):
+    def on_round_end(self, run: RunView, round_idx: int, metrics: dict[str, float]) -> None:
+        if run.stop_reason == "diverged":
             return
-        final = round_idx >= sim.rounds or sim.stop_reason is not None
+        final = round_idx >= run.rounds or run.stop_reason is not None
         if round_idx % self.every == 0 or final:
-            self.save(sim)
+            self.save(run)
 
-    def save(self, sim: Simulation) -> Path:
+    def on_run_end(self, run: RunView, summary: dict[str, Any]) -> None:
+        # A run that stopped by plan between periodic checkpoints (a spent privacy budget) saves its
+        # final state, so that a resume sees the stop and never trains past it. A failed run keeps
+        # its last good checkpoint.
+        if summary.get("diverged") or "message" in summary or run.round == 0:
+            return
+        if self.last_round != run.round or run.stop_reason is not None:
+            self.save(run)
+
+    def save(self, run: RunView) -> Path:
         """Write the checkpoint of the round just finished and prune old ones."""
-        round_idx = sim.state.round
+        round_idx = run.round
         path = checkpoint_path(self.run_dir, round_idx)
-        save_checkpoint(path, make_payload(round_idx, sim.state_dict(), self.config, self.choices))
+        save_checkpoint(path, make_payload(round_idx, run.state_dict(), self.config, self.choices))
         self.last_round, self.last_path = round_idx, path
         for _, old in list_checkpoints(self.run_dir)[: -self.keep]:
             old.unlink(missing_ok=True)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from fedtorch.callbacks.base import Callback
+from fedtorch.callbacks.base import Callback, RunView
 from fedtorch.io import atomic_write_text
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import Simulation
 
 
 class MetricsFile(Callback):
@@ -23,13 +19,13 @@ class MetricsFile(Callback):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def on_run_start(self, sim: Simulation) -> None:
+    def on_run_start(self, run: RunView) -> None:
         # The restored history (the checkpoint's) is the truth: rows the killed process wrote after
         # its last checkpoint are dropped, and rows it never got to write are put back.
-        rows = sim.state.history if sim.state.round > 0 else []
+        rows = run.history if run.round > 0 else []
         atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in rows))
 
-    def on_round_end(self, sim: Simulation, round_idx: int, metrics: dict[str, float]) -> None:
+    def on_round_end(self, run: RunView, round_idx: int, metrics: dict[str, float]) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps({"round": round_idx, **metrics}) + "\n")
             handle.flush()

@@ -4,18 +4,15 @@ entry (flattened config + final metrics) so a sweep's jobs compare in the HParam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from fedtorch.callbacks.base import Callback
+from fedtorch.callbacks.base import Callback, RunView
 from fedtorch.data.partitions import partition_stats
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import Simulation
 
 
 def label_distribution_image(label_counts: np.ndarray, max_clients: int = 256, cell: int = 6) -> torch.Tensor:
@@ -54,38 +51,45 @@ class TensorBoard(Callback):
         config_text: the resolved config as YAML, shown under the Text tab.
     """
 
-    def __init__(self, log_dir: str | Path, hparams: dict[str, Any] | None = None, config_text: str = "") -> None:
+    def __init__(
+        self,
+        log_dir: str | Path,
+        hparams: dict[str, Any] | None = None,
+        config_text: str = "",
+        partition_counts: np.ndarray | None = None,
+    ) -> None:
         self.log_dir = str(log_dir)
         self.hparams = flatten(hparams or {})
         self.config_text = config_text
+        # (clients x classes) label counts of the clean partition, or (clients x 1) sizes.
+        self.partition_counts = partition_counts
 
-    def on_run_start(self, sim: Simulation) -> None:
+    def on_run_start(self, run: RunView) -> None:
         # purge_step drops events past the resumed round, so curves never hold duplicate steps.
-        purge = sim.state.round + 1 if sim.state.round > 0 else None
+        purge = run.round + 1 if run.round > 0 else None
         self.writer = SummaryWriter(self.log_dir, purge_step=purge)
-        if sim.state.round == 0:
+        if run.round == 0:
             if self.config_text:
                 self.writer.add_text("config", f"```\n{self.config_text}\n```", 0)
-            self._log_partition(sim)
+            self._log_partition()
 
-    def _log_partition(self, sim: Simulation) -> None:
+    def _log_partition(self) -> None:
         """Client-size and label-skew statistics at step 0, and a picture of the label distribution."""
-        fed = sim.federation
-        if fed.is_classification:
-            counts = fed.label_counts()
+        counts = self.partition_counts
+        if counts is None:
+            return
+        if counts.shape[1] > 1:
             self.writer.add_image("partition/label_distribution", label_distribution_image(counts), 0)
-        else:
-            counts = fed.client_sizes().reshape(-1, 1)
         for key, value in partition_stats(counts).items():
             if np.isfinite(value):
                 self.writer.add_scalar(f"partition/{key}", value, 0)
 
-    def on_round_end(self, sim: Simulation, round_idx: int, metrics: dict[str, float]) -> None:
+    def on_round_end(self, run: RunView, round_idx: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, round_idx)
         self.writer.flush()
 
-    def on_run_end(self, sim: Simulation, summary: dict[str, Any]) -> None:
+    def on_run_end(self, run: RunView, summary: dict[str, Any]) -> None:
         final = {f"hparam/{k}": v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
         # Written into the run folder itself (not a timestamped subfolder as add_hparams does),
         # so the HParams dashboard shows one row per run folder of a sweep.

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.client import ClientUpdate
+from fedtorch.pipeline import PipelineContext, StepRecord, UpdateTransform
 from fedtorch.seeding import torch_generator
-from fedtorch.strategies.base import UpdateTransform
 
 Payload = dict[str, Tensor]
 
@@ -32,18 +32,24 @@ def payload_bytes(payload: Payload) -> int:
 class Compressor(UpdateTransform):
     """Base class: subclasses implement `encode` and `decode`.
 
+    Stochastic encoders draw from (seed, "compression", step, client), the seed the run's.
+
     Args:
-        seed: root seed; stochastic encoders draw from (seed, "compression", round, client).
         error_feedback: keep per-client residuals (for biased compressors such as top-k).
     """
 
-    def __init__(self, seed: int = 0, error_feedback: bool = False) -> None:
-        self.seed = seed
-        self.error_feedback = error_feedback
+    group = "compression"
+
+    def __init__(self, error_feedback: bool = False) -> None:
+        self.seed = 0
+        self.error_feedback = bool(error_feedback)
         self.residuals: dict[int, Tensor] = {}
         self._changed: set[int] = set()
 
-    def begin_round(self, round_idx: int, client_ids: Any) -> None:
+    def setup(self, context: PipelineContext) -> None:
+        self.seed = context.seed
+
+    def begin(self, record: StepRecord) -> None:
         self._changed = set()
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
@@ -62,12 +68,12 @@ class Compressor(UpdateTransform):
         """The dense vector the server reconstructs; `like` gives size, dtype and device."""
         raise NotImplementedError
 
-    def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
+    def on_update(self, update: ClientUpdate, record: StepRecord) -> ClientUpdate:
         vector = update.delta
         client = update.client_id
         if self.error_feedback and client in self.residuals:
             vector = vector + self.residuals[client].to(vector.device)
-        payload = self.encode(vector, torch_generator(self.seed, "compression", round_idx, client))
+        payload = self.encode(vector, torch_generator(self.seed, "compression", record.step, client))
         decoded = self.decode(payload, vector)
         if self.error_feedback:
             self.residuals[client] = (vector - decoded).cpu()

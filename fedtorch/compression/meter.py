@@ -3,20 +3,21 @@
 Up: each client's update as it crosses the wire. An encoding transform upstream (a compressor,
 secure aggregation) records its payload size in `update.metrics["bytes_up"]`; without one the
 update travels dense at its dtype. Strategy payloads in `update.extra` (SCAFFOLD's control-variate
-change, ...) travel dense as well and are added. Down: the global model (dense, at its dtype) to
-every client that trained; strategy state sent down (e.g. SCAFFOLD's server control variate) is
-not counted.
+change, ...) travel dense as well and are added. Down: what every client that trained downloaded,
+the global model and the strategy's payload (e.g. SCAFFOLD's server control variate), dense at
+their dtypes (`StepRecord.download_bytes`, counted by the loop).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.client import ClientUpdate
-from fedtorch.strategies.base import Strategy, UpdateTransform
+from fedtorch.pipeline import PipelineContext, StepRecord, UpdateTransform
 
 
 def dense_bytes(tensor: Tensor) -> int:
@@ -29,6 +30,8 @@ class CommunicationMeter(UpdateTransform):
     Place it last: it reads what the transforms before it encoded.
     """
 
+    group = "meter"
+
     def __init__(self) -> None:
         self.total_up = 0
         self.total_down = 0
@@ -37,20 +40,20 @@ class CommunicationMeter(UpdateTransform):
         self.round_dense_up = 0
         self._open = False
 
-    def setup(self, strategy: Strategy) -> None:
-        self.model_bytes = dense_bytes(strategy.global_vector)
+    def setup(self, context: PipelineContext) -> None:
+        self.model_bytes = context.layout.size * torch.empty((), dtype=context.dtype).element_size()
 
-    def begin_round(self, round_idx: int, client_ids: Any) -> None:
+    def begin(self, record: StepRecord) -> None:
         self.round_up = self.round_down = self.round_dense_up = 0
         self._open = True
 
-    def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
+    def on_update(self, update: ClientUpdate, record: StepRecord) -> ClientUpdate:
         extra = sum(dense_bytes(t) for t in update.extra.values() if isinstance(t, Tensor))
         encoded = update.metrics.get("bytes_up")
         up = dense_bytes(update.delta) if encoded is None else int(encoded)
         self.round_up += up + extra
         self.round_dense_up += dense_bytes(update.delta) + extra
-        self.round_down += self.model_bytes
+        self.round_down += record.download_bytes or self.model_bytes
         return update
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
@@ -58,10 +61,7 @@ class CommunicationMeter(UpdateTransform):
         dist.all_gather_object(parts, (self.round_up, self.round_down, self.round_dense_up), group=group)
         self.round_up, self.round_down, self.round_dense_up = (sum(p[i] for p in parts) for i in range(3))
 
-    def on_aggregate(self, round_idx: int, aggregate: Tensor, num_updates: int) -> Tensor:
-        return aggregate
-
-    def round_metrics(self) -> dict[str, float]:
+    def step_metrics(self) -> dict[str, float]:
         # Totals advance here, once per round, whether or not the server step ran.
         if self._open:
             self.total_up += self.round_up

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fedtorch.compression.base import Compressor, Payload
+from fedtorch.errors import OptionError, check_int
 
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:
@@ -47,18 +48,18 @@ class QSGD(Compressor):
         bits: bits per coordinate including the sign, in [2, 16]; s = 2^(bits-1) - 1 levels.
         bucket_size: coordinates sharing one norm; None for one norm for the whole update.
         error_feedback: off by default (QSGD is unbiased).
-        seed: root seed of the stochastic rounding, per (round, client).
+
+    The stochastic rounding draws from the run's (seed, "compression", step, client) stream.
     """
 
-    def __init__(self, bits: int = 4, bucket_size: int | None = 512, error_feedback: bool = False, seed: int = 0):
-        super().__init__(seed=seed, error_feedback=error_feedback)
-        if not 2 <= bits <= 16:
-            raise ValueError(f"bits={bits} must be in [2, 16]")
-        if bucket_size is not None and bucket_size < 1:
-            raise ValueError(f"bucket_size={bucket_size} must be >= 1 or null")
+    def __init__(self, bits: int = 4, bucket_size: int | None = 512, error_feedback: bool = False) -> None:
+        super().__init__(error_feedback=error_feedback)
+        bits = check_int("compression.bits", bits, 2)
+        if bits > 16:
+            raise OptionError("compression.bits", bits, "an integer in [2, 16]")
+        self.bucket_size = check_int("compression.bucket_size", bucket_size, 1, none=True)
         self.bits = bits
         self.levels = 2 ** (bits - 1) - 1
-        self.bucket_size = bucket_size
 
     def _buckets(self, vector: Tensor) -> Tensor:
         size = self.bucket_size or vector.numel()

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from fedtorch.compression.base import Compressor, Payload
+from fedtorch.errors import check_number
 
 
 class TopK(Compressor):
@@ -25,14 +26,11 @@ class TopK(Compressor):
         density: fraction of coordinates sent, in (0, 1].
         error_feedback: accumulate what was not sent and add it to the next update (default on:
             top-k is biased and stalls without it).
-        seed: unused (top-k is deterministic); kept for a uniform constructor.
     """
 
-    def __init__(self, density: float = 0.1, error_feedback: bool = True, seed: int = 0) -> None:
-        super().__init__(seed=seed, error_feedback=error_feedback)
-        if not 0.0 < density <= 1.0:
-            raise ValueError(f"density={density} must be in (0, 1]")
-        self.density = density
+    def __init__(self, density: float = 0.1, error_feedback: bool = True) -> None:
+        super().__init__(error_feedback=error_feedback)
+        self.density = check_number("compression.density", density, 0.0, 1.0, low_open=True)
 
     def encode(self, vector: Tensor, generator: torch.Generator) -> Payload:
         k = max(1, math.ceil(self.density * vector.numel()))

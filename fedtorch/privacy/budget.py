@@ -1,16 +1,13 @@
-"""The privacy budget as a callback: stop before a round would exceed the target epsilon, and put
-the final (epsilon, delta) into the run summary."""
+"""The privacy budget as a callback: no round starts that would take epsilon past the target, and
+the final (epsilon, delta) goes into the run summary."""
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from fedtorch.callbacks.base import Callback
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import Simulation
+from fedtorch.callbacks.base import Callback, RunView
 
 log = logging.getLogger("fedtorch")
 
@@ -28,11 +25,12 @@ class PrivacyLedger(Protocol):
 
 
 class PrivacyBudget(Callback):
-    """Stops the run when the *next* round would take epsilon past `target_epsilon`.
+    """Stops the run before a round whose release would take epsilon past `target_epsilon`.
 
-    The check runs after every round, so the run never releases a model whose privacy cost
-    exceeds the target (`sim.stop_reason = "privacy_budget"`). Whether or not a target is set,
-    the summary gets `privacy: {epsilon, delta, mode, target_epsilon}`.
+    The check runs before every round, from the ledger's state (which a checkpoint restores), so
+    no resume, extension (`rounds=` raised) or re-run of a finished run can release a round past
+    the target: the run stops with `stop_reason = "privacy_budget"`. Whether or not a target is
+    set, the summary gets `privacy: {epsilon, delta, mode, target_epsilon}`.
     """
 
     def __init__(self, ledger: PrivacyLedger, target_epsilon: float | None = None, mode: str = "central") -> None:
@@ -40,21 +38,21 @@ class PrivacyBudget(Callback):
         self.target_epsilon = target_epsilon
         self.mode = mode
 
-    def on_round_end(self, sim: Simulation, round_idx: int, metrics: dict[str, float]) -> None:
-        if self.target_epsilon is None or sim.stop_reason is not None or round_idx >= sim.rounds:
+    def on_round_start(self, run: RunView, round_idx: int) -> None:
+        if self.target_epsilon is None or run.stop_reason is not None:
             return
         upcoming = self.ledger.next_epsilon()
         if upcoming > self.target_epsilon:
-            sim.stop_reason = "privacy_budget"
+            run.request_stop("privacy_budget")
             log.info(
                 "privacy budget: round %d would reach epsilon %.4g > target %.4g; stopping after round %d",
-                round_idx + 1,
+                round_idx,
                 upcoming,
                 self.target_epsilon,
-                round_idx,
+                round_idx - 1,
             )
 
-    def on_run_end(self, sim: Simulation, summary: dict[str, Any]) -> None:
+    def on_run_end(self, run: RunView, summary: dict[str, Any]) -> None:
         epsilon = self.ledger.epsilon
         summary["privacy"] = {
             "mode": self.mode,

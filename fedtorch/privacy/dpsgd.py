@@ -26,9 +26,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from fedtorch.client import ClientHooks, ClientUpdate, LocalTrainer, OptimizerFactory
+from fedtorch.errors import OptionError
 from fedtorch.params import FlatModel
+from fedtorch.pipeline import PipelineContext, StepRecord, UpdateTransform
 from fedtorch.privacy.accounting import Sampling, compute_epsilon
-from fedtorch.strategies.base import UpdateTransform
 
 
 class DPSGDTrainer(LocalTrainer):
@@ -40,6 +41,8 @@ class DPSGDTrainer(LocalTrainer):
         optimizer, lr, epochs, batch_size, max_steps: as `LocalTrainer`; `batch_size` is the
             *expected* batch size B (the sampling rate is B / n), and an epoch is ceil(n / B) steps.
     """
+
+    vectorizable = False  # per-sample clipping and Poisson batches: no batched backend reproduces it
 
     def __init__(
         self,
@@ -141,7 +144,8 @@ class DPSGDTrainer(LocalTrainer):
             for p, s in zip(params, summed):
                 noise = torch.randn(p.shape, generator=noise_gen).to(device=p.device, dtype=p.dtype) * std
                 p.grad = (s + noise) / expected_batch
-            hooks.after_backward(params, [p.grad for p in params], global_params)
+            if hooks.adjusts_gradients:
+                hooks.after_backward(params, [p.grad for p in params], global_params)
             optimizer.step()
 
         metrics = {"loss_sum": loss_sum, "samples_seen": torch.tensor(seen)}
@@ -168,19 +172,32 @@ class LocalDPAccounting(UpdateTransform):
 
     Args:
         trainer: the DP-SGD trainer (its sigma and sampling rates).
-        client_sizes: n_k of every client (the next-round bound covers clients yet to train).
+        client_sizes: n_k of every client (the next-round bound covers clients yet to train);
+            None: the pipeline context's, at set-up.
         delta: the target delta of every client's sample-level guarantee.
         method: "rdp" or "pld".
     """
 
-    def __init__(self, trainer: DPSGDTrainer, client_sizes: Sequence[int], delta: float, method: str = "rdp") -> None:
+    group = "privacy"
+
+    def __init__(
+        self,
+        trainer: DPSGDTrainer,
+        client_sizes: Sequence[int] | None = None,
+        delta: float = 1e-5,
+        method: str = "rdp",
+        target_epsilon: float | None = None,
+    ) -> None:
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta={delta} must be in (0, 1)")
         self.trainer = trainer
-        self.sizes = [int(n) for n in client_sizes]
         self.delta = float(delta)
         self.method = method
-        self.steps = [0] * len(self.sizes)
+        self.target_epsilon = target_epsilon
+        self.sizes: list[int] = []
+        self.steps: list[int] = []
+        if client_sizes is not None:
+            self._set_sizes(client_sizes)
         self._round: dict[int, int] = {}
         self._cache: dict[tuple[float, int], float] = {}
 
@@ -196,10 +213,25 @@ class LocalDPAccounting(UpdateTransform):
         front = [(q, s) for q, s in pairs if s > 0 and not dominated(q, s)]
         return max((self._epsilon(q, s) for q, s in front), default=0.0)
 
-    def begin_round(self, round_idx: int, client_ids: Any) -> None:
-        self._round: dict[int, int] = {}
+    def _set_sizes(self, client_sizes: Sequence[int]) -> None:
+        self.sizes = [int(n) for n in client_sizes]
+        self.steps = [0] * len(self.sizes)
 
-    def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
+    def setup(self, context: PipelineContext) -> None:
+        if not self.sizes:
+            self._set_sizes(context.client_sizes.tolist())
+        if self.target_epsilon is not None and self.next_epsilon() > self.target_epsilon:
+            raise OptionError(
+                "privacy.target_epsilon",
+                self.target_epsilon,
+                f"one round of local DP-SGD already costs epsilon {self.next_epsilon():.4g}: raise "
+                "privacy.noise_multiplier, lower trainer.epochs or trainer.batch_size, or raise the target",
+            )
+
+    def begin(self, record: StepRecord) -> None:
+        self._round = {}
+
+    def on_update(self, update: ClientUpdate, record: StepRecord) -> ClientUpdate:
         self.steps[update.client_id] += update.num_steps
         self._round[update.client_id] = update.num_steps
         return update
@@ -225,7 +257,7 @@ class LocalDPAccounting(UpdateTransform):
             {(self.trainer.sampling_rate(n), s + self.trainer.num_steps(n)) for n, s in zip(self.sizes, self.steps)}
         )
 
-    def round_metrics(self) -> dict[str, float]:
+    def step_metrics(self) -> dict[str, float]:
         epsilon = self.epsilon
         return {"privacy/epsilon": epsilon, "privacy/delta": self.delta} if math.isfinite(epsilon) else {}
 

@@ -25,9 +25,15 @@ What the simulation reproduces exactly is the *arithmetic* the server sees:
 
 The server-side view is the ring sum only: downstream transforms and the aggregator get a zero
 delta per client, and `on_aggregate` returns the decoded sum divided by the total weight of the
-survivors. Reducers that need individual updates (median, Krum) cannot run on top of it, and
-strategy hooks that read individual deltas see zeros. With central DP, clip before masking
-(client side) and add the noise after unmasking (`CentralDP` reads `received_clients`).
+survivors. The transform declares `sum_only`, so reducers that need individual updates (median,
+Krum) and strategies that read them are refused at start. With central DP, clip before masking
+(client side) and add the noise after unmasking: the step record's contributors are the
+survivors, which is what `CentralDP` counts.
+
+Capacity: before any work, `setup` checks that the ring holds a sum of E[m] encodings of
+coordinates of magnitude 1 at the largest client weight (a gross misconfiguration such as
+`modulus_bits=16 fractional_bits=12` is refused in one line); during the run, an update that
+would still overflow raises `SecureAggregationOverflow`, which stops the run cleanly.
 
 Shares are generated lazily (only those the server will use), from the same per-(round, client)
 streams, which changes no result.
@@ -45,8 +51,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.client import ClientUpdate
+from fedtorch.errors import OptionError, check_int, check_number
+from fedtorch.pipeline import PipelineContext, StepFailed, StepRecord, UpdateTransform
 from fedtorch.seeding import derive_seed, numpy_rng
-from fedtorch.strategies.base import Strategy, UpdateTransform
 
 PRIME = 2**127 - 1  # Mersenne prime: the Diffie-Hellman group and the Shamir field
 GENERATOR = 3
@@ -77,55 +84,81 @@ def shamir_reconstruct(points: Sequence[tuple[int, int]]) -> int:
     return secret
 
 
+class SecureAggregationOverflow(StepFailed, OverflowError):
+    """An update too large for the ring: the run stops (cleanly) rather than decode garbage."""
+
+    reason = "secagg_overflow"
+
+
 class SecureAggregation(UpdateTransform):
     """Pairwise- and self-masked fixed-point sums with dropout recovery (simulated protocol).
 
     Args:
-        seed: root seed; keys, masks, shares and dropouts of round r derive from (seed, ..., r, client).
+        seed: root seed; keys, masks, shares and dropouts of step r derive from (seed, ..., r, client);
+            None: the run's.
         modulus_bits: R = 2^modulus_bits, in [8, 62].
         fractional_bits: fixed-point resolution 2^-fractional_bits (per unit of weight).
         dropout: probability that a client drops out after masking (its masked input never arrives).
         threshold: Shamir threshold as a fraction of the cohort: t = floor(threshold * m) + 1.
     """
 
+    group = "secagg"
+    sum_only = True
+
     def __init__(
         self,
-        seed: int = 0,
+        seed: int | None = None,
         modulus_bits: int = 62,
         fractional_bits: int = 24,
         dropout: float = 0.0,
         threshold: float = 0.5,
     ) -> None:
-        if not 8 <= modulus_bits <= 62:
-            raise ValueError(f"modulus_bits={modulus_bits} must be in [8, 62] (int64 arithmetic)")
-        if not 0 <= fractional_bits < modulus_bits:
-            raise ValueError(f"fractional_bits={fractional_bits} must be in [0, modulus_bits)")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout} must be in [0, 1)")
-        if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"threshold={threshold} must be in [0, 1)")
-        self.seed = seed
+        modulus_bits = check_int("secagg.modulus_bits", modulus_bits, 8)
+        if modulus_bits > 62:
+            raise OptionError("secagg.modulus_bits", modulus_bits, "an integer in [8, 62] (int64 arithmetic)")
+        fractional_bits = check_int("secagg.fractional_bits", fractional_bits, 0)
+        if fractional_bits >= modulus_bits:
+            raise OptionError("secagg.fractional_bits", fractional_bits, f"an integer in [0, {modulus_bits})")
+        check_number("secagg.dropout", dropout, 0.0, 1.0, high_open=True)
+        check_number("secagg.threshold", threshold, 0.0, 1.0, high_open=True)
+        self._seed = seed
+        self.seed = 0 if seed is None else int(seed)
         self.modulus_bits = modulus_bits
         self.modulus = 2**modulus_bits
         self.fractional_bits = fractional_bits
         self.scale = float(2**fractional_bits)
-        self.dropout = dropout
-        self.threshold = threshold
+        self.dropout = float(dropout)
+        self.threshold = float(threshold)
+        self.report_probability = 1.0 - self.dropout
         self.cohort: list[int] = []
         self.received_clients: list[int] = []
         self.received_weight = 0.0
         self._metrics: dict[str, float] = {}
 
-    def setup(self, strategy: Strategy) -> None:
-        if strategy.aggregator.needs_all_updates:
-            raise ValueError(
-                f"secure aggregation reveals only the sum; {type(strategy.aggregator).__name__} needs every update"
+    def setup(self, context: PipelineContext) -> None:
+        if self._seed is None:
+            self.seed = context.seed
+        self.context = context
+        weights = [context.weighting(ClientUpdate(k, torch.zeros(0), int(n), 0)) for k, n in self._largest(context)]
+        largest = max(weights, default=1.0)
+        cohort = max(1.0, context.expected_cohort)
+        capacity = self.modulus / 2 / self.scale  # the largest |sum of w x| the ring holds
+        if cohort * largest >= capacity:
+            raise OptionError(
+                "secagg.modulus_bits",
+                self.modulus_bits,
+                f"the ring 2^{self.modulus_bits} with secagg.fractional_bits={self.fractional_bits} holds sums up to "
+                f"{capacity:.4g}, less than {cohort:g} clients x weight {largest:g} x a coordinate of 1: raise "
+                "secagg.modulus_bits or lower secagg.fractional_bits",
             )
-        if type(strategy).on_update is not Strategy.on_update:
-            raise ValueError(
-                f"secure aggregation reveals only the sum; {type(strategy).__name__} reads individual updates"
-            )
-        self.strategy = strategy
+
+    @staticmethod
+    def _largest(context: PipelineContext) -> list[tuple[int, int]]:
+        """(client, size) of the largest client: the largest aggregation weight FedAvg gives."""
+        if len(context.client_sizes) == 0:
+            return []
+        k = int(np.argmax(context.client_sizes))
+        return [(k, int(context.client_sizes[k]))]
 
     # -- protocol pieces (public so tests can check what the server sees) ----------------------
     def secret_key(self, round_idx: int, client: int) -> int:
@@ -149,7 +182,7 @@ class SecureAggregation(UpdateTransform):
         scaled = torch.round(vector.to(torch.float64) * (weight * self.scale))
         peak = float(scaled.abs().max()) if scaled.numel() else 0.0
         if cohort_size * peak >= self.modulus / 2:
-            raise OverflowError(
+            raise SecureAggregationOverflow(
                 f"secure aggregation would overflow: cohort {cohort_size} x max|w x| {peak / self.scale:.4g} x "
                 f"2^{self.fractional_bits} >= 2^{self.modulus_bits - 1}; lower secagg.fractional_bits, raise "
                 "secagg.modulus_bits, or clip the updates (e.g. privacy=central_fixed)"
@@ -206,22 +239,24 @@ class SecureAggregation(UpdateTransform):
         return total
 
     # -- the transform ------------------------------------------------------------------------
-    def begin_round(self, round_idx: int, client_ids: Sequence[int]) -> None:
-        self.cohort = sorted(int(k) for k in client_ids)
+    def begin(self, record: StepRecord) -> None:
+        self.cohort = list(record.cohort)
         self.received_clients = []
         self.received_weight = 0.0
-        like = self.strategy.global_vector
-        self._sum = torch.zeros(like.numel(), dtype=torch.int64, device=like.device)
+        self._sum = torch.zeros(self.context.layout.size, dtype=torch.int64, device=self.context.device)
         self._metrics = {}
 
-    def on_update(self, round_idx: int, update: ClientUpdate) -> ClientUpdate:
+    def on_update(self, update: ClientUpdate, record: StepRecord) -> ClientUpdate:
         client = update.client_id
+        round_idx = record.step
         if client not in self.cohort:
-            raise RuntimeError(f"secure aggregation: client {client} is not in round {round_idx}'s cohort")
-        weight = self.strategy.client_weight(update)
+            raise RuntimeError(f"secure aggregation: client {client} is not in step {round_idx}'s cohort")
+        weight = self.context.weighting(update)
         masked = self.mask(round_idx, client, self.cohort, self.encode(update.delta, weight, len(self.cohort)))
         dropped = self.dropout > 0 and numpy_rng(self.seed, "secagg_dropout", round_idx, client).random() < self.dropout
-        if not dropped:
+        if dropped:
+            record.contributors.remove(client)  # its masked input never reaches the server
+        else:
             self._sum = torch.remainder(self._sum + masked, self.modulus)
             self.received_clients.append(client)
             self.received_weight += weight
@@ -241,7 +276,8 @@ class SecureAggregation(UpdateTransform):
         self.received_clients = sorted(k for clients, _ in parts for k in clients)
         self.received_weight = sum(w for _, w in parts)
 
-    def on_aggregate(self, round_idx: int, aggregate: Tensor, num_updates: int) -> Tensor:
+    def on_aggregate(self, aggregate: Tensor, record: StepRecord) -> Tensor | None:
+        round_idx = record.step
         survivors = sorted(self.received_clients)
         t = self.threshold_for(len(self.cohort))
         self._metrics = {
@@ -252,9 +288,10 @@ class SecureAggregation(UpdateTransform):
             # Too few survivors to reconstruct the masks: the protocol aborts, the model stays put.
             self._metrics["secagg/aborted"] = 1.0
             self.received_clients = []
-            return torch.zeros_like(aggregate)
+            record.contributors.clear()
+            return None
         total = self.decode(self.unmask(round_idx, self._sum, survivors))
         return (total / self.received_weight).to(aggregate.dtype)
 
-    def round_metrics(self) -> dict[str, float]:
+    def step_metrics(self) -> dict[str, float]:
         return dict(self._metrics)

@@ -1,6 +1,6 @@
 """Federated strategies: one algorithm per module, client and server halves together."""
 
-from fedtorch.strategies.base import Strategy, UpdateTransform
+from fedtorch.strategies.base import Strategy, StrategyContext
 from fedtorch.strategies.ditto import Ditto
 from fedtorch.strategies.fedavg import FedAvg
 from fedtorch.strategies.feddyn import FedDyn
@@ -25,5 +25,5 @@ __all__ = [
     "FedYogi",
     "Scaffold",
     "Strategy",
-    "UpdateTransform",
+    "StrategyContext",
 ]

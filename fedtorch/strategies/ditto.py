@@ -9,7 +9,7 @@ w_t being the global model it received, by the same local SGD (same learning rat
 steps, a separate batch order). Only (1) goes to the server, so the global model follows FedAvg
 exactly; lambda interpolates between purely local models (0) and the global model (large).
 
-Personal models live on the CPU between a client's turns; a client's v_k starts from the global
+Personal models are client state (`ClientStateStore`); a client's v_k starts from the global
 model of the first round it takes part in (the paper starts all v_k from w_0; this is the same
 for clients of the first round and saves storing models for clients never sampled). Evaluation
 reports each client's personal model on its own test split (a client not yet sampled uses the
@@ -18,34 +18,16 @@ current global model, its would-be starting point).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import torch
-import torch.distributed as dist
+from torch import Tensor
 
 from fedtorch.aggregators import Aggregator
-from fedtorch.client import ClientHooks, ClientUpdate
-from fedtorch.seeding import torch_generator
+from fedtorch.client import ClientUpdate
+from fedtorch.client_state import ClientStateStore
+from fedtorch.errors import check_number
+from fedtorch.runner import ClientContext
 from fedtorch.strategies.base import Strategy
-from fedtorch.strategies.client_state import ClientStateStore
 from fedtorch.strategies.fedprox import ProximalHooks
-from fedtorch.strategies.personalization import evaluate_per_client
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import Simulation
-
-
-class _DittoHooks(ClientHooks):
-    """After the client's global-model training, train its personal model (worker model reused)."""
-
-    def __init__(self, strategy: Ditto, round_idx: int, client_id: int) -> None:
-        self.strategy = strategy
-        self.round_idx = round_idx
-        self.client_id = client_id
-
-    def on_train_end(self, update: ClientUpdate) -> None:
-        # `update.delta` is already its own tensor, so the worker model is free for the second pass.
-        self.strategy.train_personal(self.round_idx, self.client_id, update.num_steps)
 
 
 class Ditto(Strategy):
@@ -60,59 +42,31 @@ class Ditto(Strategy):
     """
 
     name = "ditto"
+    changes_local_training = True
+    keeps_client_state = True
+    personalized = True
 
     def __init__(
         self, lam: float = 0.1, server_lr: float = 1.0, aggregator: Aggregator | None = None, weighted: bool = True
     ) -> None:
-        if lam < 0:
-            raise ValueError(f"strategy.lam={lam} must be >= 0")
         super().__init__(torch.optim.SGD, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
-        self.lam = float(lam)
-        self.personal = ClientStateStore()
+        self.lam = check_number("strategy.lam", lam, 0.0)
 
-    def attach(self, sim: Simulation) -> None:
-        self.sim = sim
+    # -- client half ------------------------------------------------------------------------------
+    def local_update(self, client: ClientContext) -> ClientUpdate:
+        # (1) the global model, as in FedAvg: this is what the server receives.
+        update = client.train()
+        # (2) the personal model, by the same local SGD (same steps, its own batch order) on
+        # F_k(v) + lam/2 ||v - w_t||^2. `update.delta` is its own tensor, so the worker model is free.
+        w_t = client.start  # unchanged until the round's server step
+        v_k = client.state.get("personal", default=lambda: w_t.clone())
+        hooks = ProximalHooks(self.lam, anchor=client.parameter_views(w_t))
+        client.train(start=v_k, hooks=hooks, stream="ditto_batches", max_steps=max(update.num_steps, 1))
+        client.state.put("personal", client.trained_weights())  # the trained personal model, exactly
+        return update
 
-    def merge(self, group: dist.ProcessGroup | None = None) -> None:
-        super().merge(group)
-        self.personal.sync(group)  # a client may train on another process next time
-
-    def client_hooks(self, round_idx: int, client_id: int) -> ClientHooks:
-        return _DittoHooks(self, round_idx, client_id)
-
-    def train_personal(self, round_idx: int, client_id: int, steps: int) -> None:
-        """`steps` local steps on F_k(v) + lam/2 ||v - w_t||^2 from the client's personal model."""
-        sim = self.sim
-        w_t = sim.global_vector  # unchanged until the round's server step
-        v_k = self.personal.get(client_id, w_t.device, default=lambda: w_t.clone())
-        anchor = self.layout.split(w_t)[: len(sim.flat.params)]
-        fed = sim.federation
-        sim.trainer.train(
-            sim.flat,
-            v_k,
-            fed.train_x,
-            fed.train_y,
-            fed.client_indices[client_id],
-            torch_generator(sim.seed, "ditto_batches", round_idx, client_id),
-            sim.loss_fn,
-            client_id=client_id,
-            hooks=ProximalHooks(self.lam, anchor=anchor),
-            max_steps=max(steps, 1),
-        )
-        self.personal.put(client_id, sim.flat.vector)  # the trained personal model, exactly
-
-    def personal_vector(self, client_id: int) -> torch.Tensor:
+    # -- personalization ------------------------------------------------------------------------
+    def personal_vector(self, client_id: int, global_vector: Tensor, store: ClientStateStore) -> Tensor:
         """Client's personal model on the device (the global model for a client never sampled)."""
-        sim = self.sim
-        stored = self.personal.get(client_id, sim.global_vector.device)
-        return sim.global_vector if stored is None else stored
-
-    def evaluate(self, sim: Simulation) -> dict[str, float]:
-        return evaluate_per_client(sim, self.personal_vector, prefix="personal")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "personal": self.personal.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.personal.load_state_dict(state["personal"])
+        stored = store.get(client_id, "personal", global_vector.device)
+        return global_vector if stored is None else stored

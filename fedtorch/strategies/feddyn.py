@@ -14,15 +14,15 @@ first). So each local step uses grad L_k(w) - g_k + alpha (w - w_{t-1}), and aft
 
 with q_k = 1/m over all m clients as in the paper (`weighted=false`, the default) or n_k / n.
 At a fixed point every w_k equals w and sum_k q_k grad L_k(w) = 0, even though the local
-problems are solved inexactly: FedDyn removes FedAvg's client drift. The g_k live on the CPU
-between the client's turns. The server moves w by `server_lr` times the corrected mean delta
+problems are solved inexactly: FedDyn removes FedAvg's client drift. The g_k are client state
+(`ClientStateStore`). The server moves w by `server_lr` times the corrected mean delta
 (1.0 is the paper's update).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,38 +30,33 @@ from torch import Tensor
 
 from fedtorch.aggregators import Aggregator, WeightedSum
 from fedtorch.client import ClientHooks, ClientUpdate
-from fedtorch.strategies.base import Strategy
-from fedtorch.strategies.client_state import ClientStateStore
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import Simulation
+from fedtorch.errors import check_number
+from fedtorch.runner import ClientContext
+from fedtorch.strategies.base import Strategy, StrategyContext
 
 
-class _FedDynHooks(ClientHooks):
-    def __init__(self, strategy: FedDyn, client_id: int, grad_estimate: Tensor) -> None:
-        self.strategy = strategy
-        self.client_id = client_id
+class DynamicRegularizerHooks(ClientHooks):
+    """grad += -g_k + alpha (w - w_{t-1}) at every local step."""
+
+    adjusts_gradients = True
+
+    def __init__(self, alpha: float, grad_estimate: Tensor, offsets: Sequence[int]) -> None:
+        self.alpha = alpha
         self.grad_estimate = grad_estimate  # g_k, on the device for this turn
+        self.offsets = offsets
         self.views: Sequence[Tensor] = ()
 
     def on_train_start(self, params: list[Tensor], global_params: list[Tensor]) -> None:
-        offsets = self.strategy.layout.offsets
-        self.views = [self.grad_estimate[o : o + p.numel()].view_as(p) for o, p in zip(offsets, params)]
+        self.views = [self.grad_estimate[o : o + p.numel()].view_as(p) for o, p in zip(self.offsets, params)]
 
     def after_backward(self, params: list[Tensor], grads: list[Tensor], global_params: list[Tensor]) -> None:
-        alpha = self.strategy.alpha
         with torch.no_grad():
             live = [(p, g, w, e) for p, g, w, e in zip(params, grads, global_params, self.views) if g is not None]
             if not live:
                 return
             ps, gs, ws, es = (list(t) for t in zip(*live))
             torch._foreach_sub_(gs, es)  # - g_k
-            torch._foreach_add_(gs, torch._foreach_sub(ps, ws), alpha=alpha)  # + alpha (w - w_{t-1})
-
-    def on_train_end(self, update: ClientUpdate) -> None:
-        strategy = self.strategy
-        drift = update.delta[: strategy.layout.num_params].to(self.grad_estimate.dtype)
-        strategy.client_grad.put(self.client_id, self.grad_estimate - strategy.alpha * drift)
+            torch._foreach_add_(gs, torch._foreach_sub(ps, ws), alpha=self.alpha)  # + alpha (w - w_{t-1})
 
 
 class FedDyn(Strategy):
@@ -76,6 +71,9 @@ class FedDyn(Strategy):
     """
 
     name = "feddyn"
+    reads_updates = True
+    changes_local_training = True
+    keeps_client_state = True
 
     def __init__(
         self,
@@ -84,44 +82,40 @@ class FedDyn(Strategy):
         aggregator: Aggregator | None = None,
         weighted: bool = False,
     ) -> None:
-        if alpha <= 0:
-            raise ValueError(f"strategy.alpha={alpha} must be > 0")
         super().__init__(torch.optim.SGD, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
-        self.alpha = float(alpha)
-        self.client_grad = ClientStateStore()
+        self.alpha = check_number("strategy.alpha", alpha, 0.0, low_open=True)
         self._drift = WeightedSum()
 
-    def setup(self, global_vector: Tensor, layout: Any, num_clients: int) -> None:
-        super().setup(global_vector, layout, num_clients)
-        self.h = torch.zeros_like(global_vector[: layout.num_params])
-        self.total_weight = float(num_clients)
+    def setup(self, context: StrategyContext, global_vector: Tensor) -> None:
+        super().setup(context, global_vector)
+        self.h = torch.zeros_like(global_vector[: self.layout.num_params])
+        self.total_weight = float(context.client_sizes.sum()) if self.weighted else float(context.num_clients)
 
-    def attach(self, sim: Simulation) -> None:
-        if self.weighted:
-            self.total_weight = float(sim.federation.client_sizes().sum())
-
-    def begin_round(self, round_idx: int, client_ids: Sequence[int]) -> None:
-        super().begin_round(round_idx, client_ids)
+    def begin_round(self, round_idx: int, cohort: Sequence[int]) -> None:
         self._drift.reset(like=self.h)
 
-    def client_hooks(self, round_idx: int, client_id: int) -> ClientHooks:
-        g_k = self.client_grad.get(client_id, self.h.device, default=lambda: torch.zeros_like(self.h))
-        return _FedDynHooks(self, client_id, g_k)
+    # -- client half ------------------------------------------------------------------------------
+    def local_update(self, client: ClientContext) -> ClientUpdate:
+        num_params = client.layout.num_params
+        g_k = client.state.get("grad", default=lambda: torch.zeros_like(client.start[:num_params]))
+        update = client.train(hooks=DynamicRegularizerHooks(self.alpha, g_k, client.layout.offsets))
+        drift = update.delta[:num_params].to(g_k.dtype)
+        client.state.put("grad", g_k - self.alpha * drift)  # g_k <- g_k - alpha (w_k - w_{t-1})
+        return update
 
-    def on_update(self, round_idx: int, update: ClientUpdate) -> None:
+    # -- server half ------------------------------------------------------------------------------
+    def on_update(self, update: ClientUpdate) -> None:
         share = self.client_weight(update) / self.total_weight
         self._drift.add(update.delta[: self.layout.num_params], share)
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
-        super().merge(group)
-        self.client_grad.sync(group)  # a client may train on another process next time
         self._drift.merge(group)
 
-    def finish_round(self, round_idx: int) -> dict[str, float]:
+    def apply(self, round_idx: int, aggregate: Tensor | None) -> dict[str, float]:
         # The reporting clients have updated their g_k, so h follows even if the step is skipped.
         if self._drift.count:
             self.h -= self.alpha * self._drift.result().to(self.h.dtype)
-        metrics = super().finish_round(round_idx)
+        metrics = super().apply(round_idx, aggregate)
         metrics["h_norm"] = float(self.h.norm())
         return metrics
 
@@ -131,13 +125,8 @@ class FedDyn(Strategy):
         super().apply_aggregate(round_idx, corrected)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "h": self.h.detach().cpu().clone(),
-            "client_grad": self.client_grad.state_dict(),
-        }
+        return {**super().state_dict(), "h": self.h.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.h = state["h"].to(self.global_vector.device)
-        self.client_grad.load_state_dict(state["client_grad"])

@@ -9,11 +9,15 @@ on the pseudo-gradient -Delta_t (Delta_t the weighted mean of the client deltas)
     FedYogi     Yogi(betas, eps = tau)                (fedtorch.optim.Yogi)
     FedAdagrad  Adagrad(eps = tau, v_0 = tau^2)
 
-Reddi et al.'s Algorithm 2 prints the adaptive updates without bias correction; their
-experiments (TensorFlow Federated, Keras optimizers) and FLSim use the bias-corrected Adam that
-`torch.optim.Adam` implements, which is what FedAdam does here; FedYogi offers both. The
-adaptivity tau is the optimizer's eps: x += eta * m / (sqrt(v) + tau). The optimizer's
-`state_dict()` carries the moments, so a checkpoint resumes the server exactly.
+Reddi et al.'s Algorithm 2 prints the adaptive updates without bias correction and with
+v_{-1} = tau^2: x += eta * m_t / (sqrt(v_t) + tau). FedAdam and FedYogi offer both forms
+(`bias_correction`): True is the bias-corrected form of `torch.optim.Adam`, x += eta * m_hat /
+(sqrt(v_hat) + tau) with m_hat = m_t / (1 - beta1^t), v_hat = v_t / (1 - beta2^t) (FLSim's
+choice); False is Algorithm 2 as written (`fedtorch.optim.AdamNoBiasCorrection`, and Yogi's
+option). The Keras/TensorFlow Adam of Reddi et al.'s experiments is a third variant: it scales the
+learning rate by sqrt(1 - beta2^t) / (1 - beta1^t) and adds eps to sqrt(v_t) *before* that
+scaling, so its effective tau is tau * sqrt(1 - beta2^t), not tau; the two agree only as tau -> 0.
+The optimizer's `state_dict()` carries the moments, so a checkpoint resumes the server exactly.
 """
 
 from __future__ import annotations
@@ -23,8 +27,15 @@ import functools
 import torch
 
 from fedtorch.aggregators import Aggregator
-from fedtorch.optim import Yogi
+from fedtorch.errors import OptionError, check_number
+from fedtorch.optim import AdamNoBiasCorrection, Yogi
 from fedtorch.strategies.base import Strategy
+
+
+def _check_adaptive(beta1: float, beta2: float, tau: float) -> None:
+    check_number("strategy.beta1", beta1, 0.0, 1.0, high_open=True)
+    check_number("strategy.beta2", beta2, 0.0, 1.0, high_open=True)
+    check_number("strategy.tau", tau, 0.0, low_open=True)
 
 
 class FedAvgM(Strategy):
@@ -48,17 +59,22 @@ class FedAvgM(Strategy):
         aggregator: Aggregator | None = None,
         weighted: bool = True,
     ) -> None:
+        check_number("strategy.momentum", momentum, 0.0, 1.0, high_open=True)
+        if nesterov and momentum <= 0:
+            raise OptionError("strategy.nesterov", nesterov, "true only with strategy.momentum > 0")
         factory = functools.partial(torch.optim.SGD, momentum=momentum, nesterov=nesterov)
         super().__init__(factory, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
 
 
 class FedAdam(Strategy):
-    """FedAdam: Adam on the pseudo-gradient (bias-corrected, torch.optim.Adam).
+    """FedAdam: Adam on the pseudo-gradient.
 
     Args:
         server_lr: eta (Reddi et al. tune it on a grid; 1e-2 is a common start).
         beta1, beta2: Adam's betas (paper: 0.9, 0.99).
         tau: adaptivity, Adam's eps (paper: 1e-3).
+        bias_correction: True: torch.optim.Adam (bias-corrected moments, v_0 = 0); False: Reddi et
+            al.'s Algorithm 2 as written (no bias correction, v_{-1} = tau^2).
     """
 
     name = "fedadam"
@@ -69,11 +85,19 @@ class FedAdam(Strategy):
         beta1: float = 0.9,
         beta2: float = 0.99,
         tau: float = 1e-3,
+        bias_correction: bool = True,
         aggregator: Aggregator | None = None,
         weighted: bool = True,
     ) -> None:
-        factory = functools.partial(torch.optim.Adam, betas=(beta1, beta2), eps=tau)
+        _check_adaptive(beta1, beta2, tau)
+        if bias_correction:
+            factory = functools.partial(torch.optim.Adam, betas=(beta1, beta2), eps=tau)
+        else:
+            factory = functools.partial(
+                AdamNoBiasCorrection, betas=(beta1, beta2), eps=tau, initial_accumulator_value=tau * tau
+            )
         super().__init__(factory, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
+        self.bias_correction = bool(bias_correction)
 
 
 class FedYogi(Strategy):
@@ -100,6 +124,8 @@ class FedYogi(Strategy):
         aggregator: Aggregator | None = None,
         weighted: bool = True,
     ) -> None:
+        _check_adaptive(beta1, beta2, tau)
+        check_number("strategy.initial_accumulator_value", initial_accumulator_value, 0.0)
         factory = functools.partial(
             Yogi,
             betas=(beta1, beta2),
@@ -130,5 +156,6 @@ class FedAdagrad(Strategy):
         aggregator: Aggregator | None = None,
         weighted: bool = True,
     ) -> None:
+        check_number("strategy.tau", tau, 0.0, low_open=True)
         factory = functools.partial(torch.optim.Adagrad, eps=tau, initial_accumulator_value=tau * tau)
         super().__init__(factory, server_lr=server_lr, aggregator=aggregator, weighted=weighted)

@@ -4,7 +4,7 @@ The model is split into a shared body (the base layers) and a personal head (the
 Every client keeps its own head; in its turn it trains body and head together starting from the
 global body and its head, and sends back only the body's change. The server averages bodies as
 FedAvg does; the global head is never updated (it is only the starting head of a client's first
-turn). Heads live on the CPU between a client's turns.
+turn). Heads are client state (`ClientStateStore`).
 
 The head is chosen by parameter-name prefixes (`head`), by default the last module that has
 parameters (e.g. `net.5` of fedtorch's MLP). With a one-layer model the whole model is the head
@@ -15,27 +15,23 @@ body-plus-own-head model on its own test split.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.aggregators import Aggregator
 from fedtorch.client import ClientHooks, ClientUpdate
+from fedtorch.client_state import ClientState, ClientStateStore
+from fedtorch.errors import OptionError
 from fedtorch.params import VectorLayout
-from fedtorch.strategies.base import Strategy
-from fedtorch.strategies.client_state import ClientStateStore
-from fedtorch.strategies.personalization import evaluate_per_client
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import Simulation
+from fedtorch.runner import ClientContext
+from fedtorch.strategies.base import Strategy, StrategyContext
 
 
-def head_parameter_indices(layout: VectorLayout, num_param_tensors: int, head: Sequence[str] | None) -> list[int]:
+def head_parameter_indices(layout: VectorLayout, head: Sequence[str] | None) -> list[int]:
     """Indices (in layout order) of the parameters whose name starts with one of the `head`
     prefixes (a prefix matches a whole dotted component); None: the last module with parameters."""
-    names = layout.names[:num_param_tensors]
+    names = layout.names[: layout.num_param_tensors]
     if head is None:
         module = names[-1].rpartition(".")[0]
         prefixes = [module] if module else [names[-1]]
@@ -43,27 +39,28 @@ def head_parameter_indices(layout: VectorLayout, num_param_tensors: int, head: S
         prefixes = list(head)
     chosen = [i for i, n in enumerate(names) if any(n == p or n.startswith(p + ".") for p in prefixes)]
     if not chosen:
-        raise ValueError(f"strategy.head={list(prefixes)} matches no parameter; parameters are {list(names)}")
+        raise OptionError("strategy.head", list(prefixes), f"prefixes of parameter names; they are {list(names)}")
     return chosen
 
 
-class _FedPerHooks(ClientHooks):
-    def __init__(self, strategy: FedPer, client_id: int) -> None:
+class _PersonalHeadHooks(ClientHooks):
+    """Load the client's own head before training; afterwards keep it and send only the body."""
+
+    def __init__(self, strategy: FedPer, state: ClientState) -> None:
         self.strategy = strategy
-        self.client_id = client_id
+        self.state = state
         self.head_views: list[Tensor] = []
 
     def on_train_start(self, params: list[Tensor], global_params: list[Tensor]) -> None:
         self.head_views = [params[i] for i in self.strategy.head_indices]
-        head = self.strategy.heads.get(self.client_id, params[0].device)
+        head = self.state.get("head")
         if head is not None:
             with torch.no_grad():
                 torch._foreach_copy_(self.head_views, self.strategy.split_head(head))
 
     def on_train_end(self, update: ClientUpdate) -> None:
-        strategy = self.strategy
-        strategy.heads.put(self.client_id, torch.cat([p.detach().reshape(-1) for p in self.head_views]))
-        for start, stop in strategy.head_segments:
+        self.state.put("head", torch.cat([p.detach().reshape(-1) for p in self.head_views]))
+        for start, stop in self.strategy.head_segments:
             update.delta[start:stop] = 0  # the head stays on the client
 
 
@@ -79,6 +76,9 @@ class FedPer(Strategy):
     """
 
     name = "fedper"
+    changes_local_training = True
+    keeps_client_state = True
+    personalized = True
 
     def __init__(
         self,
@@ -89,16 +89,15 @@ class FedPer(Strategy):
     ) -> None:
         super().__init__(torch.optim.SGD, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
         self.head = None if head is None else [str(h) for h in head]
-        self.heads = ClientStateStore()
 
-    def attach(self, sim: Simulation) -> None:
-        self.sim = sim
-        params = sim.flat.params
-        self.head_indices = head_parameter_indices(self.layout, len(params), self.head)
+    def setup(self, context: StrategyContext, global_vector: Tensor) -> None:
+        super().setup(context, global_vector)
+        layout = context.layout
+        self.head_indices = head_parameter_indices(layout, self.head)
         self.head_segments = [
-            (self.layout.offsets[i], self.layout.offsets[i] + params[i].numel()) for i in self.head_indices
+            (layout.offsets[i], layout.offsets[i] + layout.shapes[i].numel()) for i in self.head_indices
         ]
-        self.head_shapes = [params[i].shape for i in self.head_indices]
+        self.head_shapes = [layout.shapes[i] for i in self.head_indices]
 
     def split_head(self, head: Tensor) -> list[Tensor]:
         """A stored head (the head parameters concatenated) as tensors shaped like the parameters."""
@@ -109,30 +108,17 @@ class FedPer(Strategy):
             start += n
         return out
 
-    def merge(self, group: dist.ProcessGroup | None = None) -> None:
-        super().merge(group)
-        self.heads.sync(group)  # a client may train on another process next time
+    # -- client half ------------------------------------------------------------------------------
+    def local_update(self, client: ClientContext) -> ClientUpdate:
+        return client.train(hooks=_PersonalHeadHooks(self, client.state))
 
-    def client_hooks(self, round_idx: int, client_id: int) -> ClientHooks:
-        return _FedPerHooks(self, client_id)
-
-    def personal_vector(self, client_id: int) -> Tensor:
+    # -- personalization ------------------------------------------------------------------------
+    def personal_vector(self, client_id: int, global_vector: Tensor, store: ClientStateStore) -> Tensor:
         """Global body + the client's head (the global vector itself for a client without one)."""
-        global_vector = self.sim.global_vector
-        head = self.heads.get(client_id, global_vector.device)
+        head = store.get(client_id, "head", global_vector.device)
         if head is None:
             return global_vector
         vector = global_vector.clone()
         for (start, stop), part in zip(self.head_segments, self.split_head(head)):
             vector[start:stop] = part.reshape(-1)
         return vector
-
-    def evaluate(self, sim: Simulation) -> dict[str, float]:
-        return evaluate_per_client(sim, self.personal_vector, prefix="personal")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "heads": self.heads.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.heads.load_state_dict(state["heads"])

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 
 from fedtorch.aggregators import Aggregator
-from fedtorch.client import ClientHooks
+from fedtorch.client import ClientHooks, ClientUpdate
+from fedtorch.errors import check_number
+from fedtorch.runner import ClientContext
 from fedtorch.strategies.base import Strategy
 
 
@@ -27,6 +29,8 @@ class ProximalHooks(ClientHooks):
         anchor: tensors matching the model's parameters; None anchors at the weights the client
             started from (the `global_params` the trainer passes).
     """
+
+    adjusts_gradients = True
 
     def __init__(self, mu: float, anchor: Sequence[Tensor] | None = None) -> None:
         self.mu = float(mu)
@@ -52,13 +56,13 @@ class FedProx(Strategy):
 
     name = "fedprox"
 
+    changes_local_training = True
+
     def __init__(
         self, mu: float = 0.01, server_lr: float = 1.0, aggregator: Aggregator | None = None, weighted: bool = True
     ) -> None:
-        if mu < 0:
-            raise ValueError(f"strategy.mu={mu} must be >= 0")
         super().__init__(torch.optim.SGD, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
-        self.mu = float(mu)
+        self.mu = check_number("strategy.mu", mu, 0.0)
 
-    def client_hooks(self, round_idx: int, client_id: int) -> ClientHooks:
-        return ProximalHooks(self.mu)
+    def local_update(self, client: ClientContext) -> ClientUpdate:
+        return client.train(hooks=ProximalHooks(self.mu))

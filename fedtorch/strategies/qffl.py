@@ -18,36 +18,18 @@ weight is 1 and s = 1: q-FedAvg is FedAvg with uniform weights. The paper's fair
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from fedtorch.aggregators import Aggregator
-from fedtorch.client import ClientHooks, ClientUpdate
-from fedtorch.strategies.base import Strategy
-from fedtorch.strategies.personalization import chunked_loss
-
-if TYPE_CHECKING:
-    from fedtorch.simulation import Simulation
+from fedtorch.client import ClientUpdate
+from fedtorch.errors import check_number
+from fedtorch.runner import ClientContext
+from fedtorch.strategies.base import Strategy, StrategyContext
 
 _MIN_LOSS = 1e-10  # F_k^(q-1) with q < 1 needs F_k > 0
-
-
-class _QFFLHooks(ClientHooks):
-    def __init__(self, strategy: QFFL, client_id: int) -> None:
-        self.strategy = strategy
-        self.client_id = client_id
-
-    def on_train_start(self, params: list[Tensor], global_params: list[Tensor]) -> None:
-        # The worker model holds w_t now: F_k(w_t) over the client's whole training set.
-        sim = self.strategy.sim
-        indices = sim.federation.client_indices[self.client_id]
-        self.loss = chunked_loss(sim.model, sim.federation.train_x, sim.federation.train_y, indices, sim.loss_fn)
-
-    def on_train_end(self, update: ClientUpdate) -> None:
-        update.extra["qffl_loss"] = self.loss
 
 
 class QFFL(Strategy):
@@ -55,37 +37,41 @@ class QFFL(Strategy):
 
     Args:
         q: fairness parameter (0 is FedAvg with uniform weights; the paper uses up to 15).
-        lipschitz: L; None uses 1 / trainer.lr as the paper does.
+        lipschitz: L; None uses 1 / (the local learning rate) as the paper does.
         aggregator: reducer of the deltas (default the F^q-weighted mean).
     """
 
     name = "qffl"
+    reads_updates = True
+    changes_local_training = True  # the client also evaluates F_k(w_t) on its data
+    sets_weights = True
 
     def __init__(self, q: float = 1.0, lipschitz: float | None = None, aggregator: Aggregator | None = None) -> None:
-        if q < 0:
-            raise ValueError(f"strategy.q={q} must be >= 0")
         super().__init__(torch.optim.SGD, server_lr=1.0, aggregator=aggregator, weighted=False)
-        self.q = float(q)
-        self.lipschitz = lipschitz
+        self.q = check_number("strategy.q", q, 0.0)
+        self.lipschitz = check_number("strategy.lipschitz", lipschitz, 0.0, low_open=True, none=True)
         self._sum_weight = 0.0  # sum_k F_k^q
         self._sum_h = 0.0  # sum_k h_k
 
-    def attach(self, sim: Simulation) -> None:
-        self.sim = sim
-        if self.lipschitz is None:
-            self.lipschitz = 1.0 / float(sim.trainer.lr)
+    def setup(self, context: StrategyContext, global_vector: Tensor) -> None:
+        super().setup(context, global_vector)
+        self.L = self.lipschitz if self.lipschitz is not None else 1.0 / context.local_optimizer.lr
 
-    def begin_round(self, round_idx: int, client_ids: Sequence[int]) -> None:
-        super().begin_round(round_idx, client_ids)
+    def begin_round(self, round_idx: int, cohort: Sequence[int]) -> None:
         self._sum_weight = 0.0
         self._sum_h = 0.0
 
-    def client_hooks(self, round_idx: int, client_id: int) -> ClientHooks:
-        return _QFFLHooks(self, client_id)
+    # -- client half ------------------------------------------------------------------------------
+    def local_update(self, client: ClientContext) -> ClientUpdate:
+        loss = client.loss()  # F_k(w_t) over the client's whole training set, before training
+        update = client.train()
+        update.extra["qffl_loss"] = loss
+        return update
 
-    def on_update(self, round_idx: int, update: ClientUpdate) -> None:
+    # -- server half ------------------------------------------------------------------------------
+    def on_update(self, update: ClientUpdate) -> None:
         loss = update.extra["qffl_loss"].double().clamp(min=_MIN_LOSS)
-        lip = float(self.lipschitz)
+        lip = float(self.L)
         delta = update.delta[: self.layout.num_params].double()
         fq = loss.pow(self.q)
         h = self.q * loss.pow(self.q - 1) * lip * lip * delta.dot(delta) + lip * fq
@@ -98,7 +84,6 @@ class QFFL(Strategy):
         return float(update.extra["qffl_weight"])
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
-        super().merge(group)
         packed = torch.tensor([self._sum_weight, self._sum_h], dtype=torch.float64, device=self.global_vector.device)
         dist.all_reduce(packed, group=group)
         self._sum_weight, self._sum_h = float(packed[0]), float(packed[1])
@@ -106,14 +91,14 @@ class QFFL(Strategy):
     @property
     def step_scale(self) -> float:
         """s = L sum_k F_k^q / sum_k h_k (1 when q = 0)."""
-        return float(self.lipschitz) * self._sum_weight / self._sum_h if self._sum_h > 0 else 0.0
+        return float(self.L) * self._sum_weight / self._sum_h if self._sum_h > 0 else 0.0
 
     def apply_aggregate(self, round_idx: int, aggregate: Tensor) -> None:
         scaled = aggregate.clone()
         scaled[: self.layout.num_params] *= self.step_scale
         super().apply_aggregate(round_idx, scaled)
 
-    def finish_round(self, round_idx: int) -> dict[str, float]:
-        metrics = super().finish_round(round_idx)
+    def apply(self, round_idx: int, aggregate: Tensor | None) -> dict[str, float]:
+        metrics = super().apply(round_idx, aggregate)
         metrics["qffl_step_scale"] = self.step_scale
         return metrics
