@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fedtorch.errors import check_int, check_number
+
 
 class Aggregator:
     """Base class. Subclasses implement `add`, `result`, `merge` and `reset`."""
@@ -227,9 +229,7 @@ class TrimmedMean(StackedAggregator):
     """
 
     def __init__(self, beta: float = 0.1) -> None:
-        if not 0.0 <= beta < 0.5:
-            raise ValueError(f"aggregator.beta={beta} must be in [0, 0.5)")
-        self.beta = float(beta)
+        self.beta = check_number("strategy.aggregator.beta", beta, 0.0, 0.5, high_open=True)
         super().__init__()
 
     def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:
@@ -276,12 +276,8 @@ class Krum(StackedAggregator):
     """
 
     def __init__(self, f: int = 1, m: int | None = 1) -> None:
-        if f < 0:
-            raise ValueError(f"aggregator.f={f} must be >= 0")
-        if m is not None and m < 1:
-            raise ValueError(f"aggregator.m={m} must be >= 1 or null")
-        self.f = int(f)
-        self.m = m
+        self.f = check_int("strategy.aggregator.f", f, 0)
+        self.m = check_int("strategy.aggregator.m", m, 1, none=True)
         super().__init__()
 
     @property
@@ -318,9 +314,7 @@ class Bulyan(StackedAggregator):
     """
 
     def __init__(self, f: int = 1) -> None:
-        if f < 0:
-            raise ValueError(f"aggregator.f={f} must be >= 0")
-        self.f = int(f)
+        self.f = check_int("strategy.aggregator.f", f, 0)
         super().__init__()
 
     @property
@@ -365,11 +359,9 @@ class GeometricMedian(StackedAggregator):
     """
 
     def __init__(self, max_iter: int = 100, tol: float = 1e-6, nu: float = 1e-6, weighted: bool = True) -> None:
-        if max_iter < 1:
-            raise ValueError(f"aggregator.max_iter={max_iter} must be >= 1")
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
-        self.nu = float(nu)
+        self.max_iter = check_int("strategy.aggregator.max_iter", max_iter, 1)
+        self.tol = check_number("strategy.aggregator.tol", tol, 0.0)
+        self.nu = check_number("strategy.aggregator.nu", nu, 0.0, low_open=True)
         self.weighted = weighted
         super().__init__()
 

@@ -226,6 +226,12 @@ class Simulation:
             jobs.append(ClientJob(client_id=int(client), round=round_idx, max_steps=budget))
         return jobs
 
+    def train_client(self, round_idx: int, client_id: int, max_steps: int | None = None) -> ClientUpdate:
+        """One client's turn from the current global weights, as round `round_idx` would train it
+        (not aggregated): for tests and notebooks. `max_steps` caps its local steps."""
+        job = ClientJob(client_id=int(client_id), round=round_idx, max_steps=max_steps)
+        return self.runner.run(job, self.global_vector, self.strategy.configure_round(round_idx))
+
     def run_round(self, round_idx: int) -> dict[str, float]:
         """Run round `round_idx` (1-based) and return its metrics."""
         start = time.perf_counter()

@@ -23,9 +23,8 @@ from fedtorch.aggregators import (
     krum_scores,
     pairwise_sq_distances,
 )
-from fedtorch.client import ClientUpdate
-from fedtorch.params import FlatModel
 from fedtorch.strategies import FedAvg
+from tests._server import Server
 
 
 def reduce(aggregator, rows, weights=None):
@@ -172,27 +171,13 @@ def test_merge_all_gathers_stacks_of_different_sizes(tmp_path):
             assert count == 4
 
 
-def _strategy_with(aggregator):
-    flat = FlatModel(torch.nn.Linear(2, 1))
-    vector = flat.vector.detach().clone()
-    strategy = FedAvg(aggregator=aggregator)
-    strategy.setup(vector, flat.layout, num_clients=10)
-    return strategy, vector
-
-
 def test_a_round_with_too_few_updates_for_the_reducer_is_skipped():
-    strategy, vector = _strategy_with(Krum(f=1))  # needs 5 updates
-    start = vector.clone()
-    strategy.begin_round(1, [0, 1, 2])
-    for k in range(3):
-        strategy.accept(1, ClientUpdate(k, torch.ones(3), 10, 1))
-    metrics = strategy.finish_round(1)
-    assert torch.equal(vector, start) and metrics["skipped_rounds"] == 1.0 and metrics["update_norm"] == 0.0
-    strategy.begin_round(2, list(range(5)))
-    for k, scale in enumerate((1.0, 1.1, 0.9, 1.0, 40.0)):
-        strategy.accept(2, ClientUpdate(k, torch.full((3,), scale), 10, 1))
-    strategy.finish_round(2)
-    assert torch.allclose(vector, start + 1.0)  # Krum picked an update equal to ones
+    server = Server(FedAvg(aggregator=Krum(f=1)), torch.zeros(3))  # Krum with f = 1 needs 5 updates
+    start = server.vector.clone()
+    metrics = server.round(1, [torch.ones(3)] * 3)
+    assert torch.equal(server.vector, start) and metrics["skipped_rounds"] == 1.0 and metrics["update_norm"] == 0.0
+    server.round(2, [torch.full((3,), scale) for scale in (1.0, 1.1, 0.9, 1.0, 40.0)])
+    assert torch.allclose(server.vector, start + 1.0)  # Krum picked an update equal to ones
 
 
 @pytest.mark.parametrize("robust", [CoordinateMedian, TrimmedMean, GeometricMedian])

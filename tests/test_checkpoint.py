@@ -289,13 +289,12 @@ RUN = ("rounds=6", "checkpoint_every=2", "sampler.clients_per_round=4", "num_thr
 
 
 def start_cli(*args: str, kill_at: str | None = None) -> subprocess.Popen:
+    """The CLI as a subprocess; with `kill_at`, wrapped by tests/_crash.py, which SIGKILLs it there."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    env.pop("FEDTORCH_KILL_AT", None)
-    if kill_at:
-        env["FEDTORCH_KILL_AT"] = kill_at
+    entry = ["-m", "tests._crash", kill_at] if kill_at else ["-m", "fedtorch"]
     return subprocess.Popen(
-        [sys.executable, "-m", "fedtorch", *args],
+        [sys.executable, *entry, *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

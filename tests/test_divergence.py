@@ -13,9 +13,10 @@ from fedtorch.client import LocalTrainer
 from fedtorch.data.base import DatasetSplits, FederatedDataset
 from fedtorch.experiment import run_experiment
 from fedtorch.models import LogisticRegression
+from fedtorch.pipeline import UpdateTransform
 from fedtorch.samplers import FullParticipation
 from fedtorch.simulation import Simulation
-from fedtorch.strategies import FedAvg, UpdateTransform
+from fedtorch.strategies import FedAvg
 from tests.conftest import run_cli
 
 
@@ -25,8 +26,8 @@ class BlowUpAt(UpdateTransform):
     def __init__(self, round_idx: int) -> None:
         self.round_idx = round_idx
 
-    def on_aggregate(self, round_idx, aggregate, num_updates):
-        return aggregate * float("inf") if round_idx == self.round_idx else aggregate
+    def on_aggregate(self, aggregate, record):
+        return aggregate * float("inf") if record.step == self.round_idx else aggregate
 
 
 def test_divergence_stops_the_loop_and_never_checkpoints_a_non_finite_model(tmp_path):

@@ -129,7 +129,7 @@ def test_an_empty_round_skips_the_server_step():
     fed = quadratic_federation(num_clients=4)
     sim = simulate(fed, linear_model(fed), FedAvg(), LocalTrainer(lr=0.05, epochs=1, batch_size=-1), rounds=12,
                    sampler=PoissonSampler(q=0.2), run=False)  # fmt: skip
-    sizes = [len(sim.sample_clients(r)) for r in range(1, 13)]
+    sizes = [len(sim.sample(r).ids) for r in range(1, 13)]
     assert 0 in sizes and max(sizes) > 0  # P(empty) = 0.8^4 = 0.41
     skipped = 0
     for round_idx, size in enumerate(sizes, start=1):
@@ -161,12 +161,13 @@ def test_stragglers_get_their_share_of_local_steps_and_dropouts_are_logged():
         assert row["round/clients"] == len(cohort.ids)
         assert row["round/dropped"] == cohort.dropped and row["round/stragglers"] == cohort.stragglers
         assert row["round/local_steps"] == expected_steps
-    # The budget is what train_client applies (and what a vectorized backend can ask for).
-    sim.sample_clients(7)
-    cohort = sim._cohort[1]
+    # The budget is what the round's jobs carry (and what every backend trains).
+    cohort = sim.sample(7)
+    jobs = {job.client_id: job for job in sim.jobs(7, cohort)}
     slow = [(int(k), w) for k, w in zip(cohort.ids, cohort.work) if w < 1]
+    assert slow
     for k, work in slow:
-        budget = sim.client_max_steps(7, k)
+        budget = jobs[k].max_steps
         assert budget == max(1, math.floor(work * trainer.num_steps(len(fed.client_indices[k]))))
-        assert sim.train_client(7, k).num_steps == budget
+        assert sim.runner.run(jobs[k], sim.global_vector).num_steps == budget
     assert torch.isfinite(sim.global_vector).all()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedtorch.cli import check_sweep_direction, objective_value
 from fedtorch.experiment import ConfigError, available_cores, threads_per_run
+from fedtorch.objective import check_sweep_direction, objective_value
 from fedtorch.report import metric_direction, parse_overrides
 from tests.conftest import run_cli
 
@@ -72,9 +72,13 @@ def test_objective_value_scores_diverged_runs_worst():
     assert objective_value(ok, "eval/accuracy") == 0.75 and objective_value(ok, "eval/loss") == 0.5
     assert objective_value(ok, None) is None and objective_value(ok, "eval/missing") is None
     diverged = {"metrics": {"eval/accuracy": 0.1, "eval/loss": math.nan}, "diverged": True}
-    assert objective_value(diverged, "eval/accuracy") == -math.inf  # maximized: the worst is -inf
-    assert objective_value(diverged, "eval/loss") == math.inf
-    assert objective_value({"metrics": {"eval/loss": math.nan}}, "eval/loss") == math.inf
+    # The worst value follows the sweeper's declared direction, never the metric's name.
+    assert objective_value(diverged, "eval/accuracy", "maximize") == -math.inf
+    assert objective_value(diverged, "eval/loss", "minimize") == math.inf
+    assert objective_value(diverged, "attack/backdoor_success", "maximize") == -math.inf
+    assert objective_value({"metrics": {"eval/loss": math.nan}}, "eval/loss", "minimize") == math.inf
+    # Diverged before its first evaluation: the metric was never logged, the trial still scores worst.
+    assert objective_value({"metrics": {}, "diverged": True}, "eval/accuracy", "maximize") == -math.inf
 
 
 def test_sweep_direction_must_agree_with_the_objective():

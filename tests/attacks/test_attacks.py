@@ -12,15 +12,17 @@ from fedtorch.aggregators import CoordinateMedian
 from fedtorch.attacks import Backdoor, GaussianAttack, LabelFlip, Scaling, SignFlip, choose_attackers, stamp_trigger
 from fedtorch.client import ClientUpdate, LocalTrainer
 from fedtorch.models import LogisticRegression
-from fedtorch.params import VectorLayout
+from fedtorch.pipeline import StepRecord
 from fedtorch.samplers import UniformSampler
+from fedtorch.seeding import numpy_rng
 from fedtorch.simulation import Simulation
 from fedtorch.strategies import FedAvg
+from tests._server import Server
 from tests.privacy.helpers import blob_federation, metric
 
 
-def _update(client: int, delta: torch.Tensor) -> ClientUpdate:
-    return ClientUpdate(client_id=client, delta=delta.clone(), num_samples=5, num_steps=1)
+def _update(client: int, delta: torch.Tensor, samples: int = 5) -> ClientUpdate:
+    return ClientUpdate(client_id=client, delta=delta.clone(), num_samples=samples, num_steps=1)
 
 
 def test_attackers_are_a_fixed_function_of_the_seed():
@@ -31,25 +33,41 @@ def test_attackers_are_a_fixed_function_of_the_seed():
     assert len(choose_attackers(10, 0.0, seed=0)) == 0
 
 
+def _record(step: int, cohort) -> StepRecord:
+    return StepRecord(step=step, cohort=tuple(cohort))
+
+
 def test_model_poisoning_changes_only_malicious_updates():
     delta = torch.linspace(-1, 1, 10_000)
     flip = SignFlip(num_clients=10, fraction=0.3, scale=4.0, seed=0)
     bad, good = sorted(flip.attackers)[0], min(set(range(10)) - flip.attackers)
-    flip.begin_round(1, [bad, good])
-    assert torch.equal(flip.on_update(1, _update(bad, delta)).delta, -4.0 * delta)
-    assert torch.equal(flip.on_update(1, _update(good, delta)).delta, delta)
-    assert flip.round_metrics() == {"attack/malicious_clients": 1.0}
+    record = _record(1, [bad, good])
+    flip.begin(record)
+    assert torch.equal(flip.on_update(_update(bad, delta), record).delta, -4.0 * delta)
+    assert torch.equal(flip.on_update(_update(good, delta), record).delta, delta)
+    assert flip.step_metrics() == {"attack/malicious_clients": 1.0}
 
     gauss = GaussianAttack(num_clients=10, fraction=0.3, std=2.5, seed=0)
-    noise = gauss.on_update(1, _update(bad, delta)).delta
+    noise = gauss.on_update(_update(bad, delta), record).delta
     assert float(noise.std()) == pytest.approx(2.5, rel=0.05) and abs(float(noise.mean())) < 0.1
-    assert torch.equal(gauss.on_update(1, _update(bad, delta)).delta, noise)  # (seed, round, client) stream
+    assert torch.equal(gauss.on_update(_update(bad, delta), record).delta, noise)  # (seed, step, client) stream
 
-    strategy = FedAvg(server_lr=0.5)
-    replace = Scaling(num_clients=10, fraction=0.3, scale=None, expected_cohort_size=8, seed=0)
-    replace.setup(strategy)
-    assert replace.scale == 16.0  # m / eta: the attacker's model replaces the global one
-    assert torch.equal(replace.on_update(1, _update(bad, delta)).delta, 16.0 * delta)
+
+def test_model_replacement_scales_by_the_weight_the_aggregator_gives():
+    """Bagdasaryan et al.'s gamma = m / eta under a uniform mean, E[W] / (eta * n_a) under FedAvg's
+    sample weights: with full participation the global step then carries the attacker's whole update."""
+    sizes = [10, 20, 30, 40, 50]
+    for weighted in (False, True):
+        attack = Scaling(fraction=0.2, scale=None, num_clients=5, seed=0)
+        (bad,) = attack.attackers
+        server = Server(FedAvg(server_lr=0.5, weighted=weighted), torch.zeros(3), [attack], client_sizes=sizes)
+        attacker_delta = torch.tensor([1.0, -2.0, 0.5])
+        # The honest clients send nothing: the global step is exactly the attacker's share.
+        deltas = [attacker_delta if k == bad else torch.zeros(3) for k in range(5)]
+        server.round(1, deltas, samples=sizes)
+        torch.testing.assert_close(server.vector, attacker_delta, rtol=1e-6, atol=1e-6)  # model replaced
+        gamma = (sum(sizes) / sizes[bad] if weighted else 5) / 0.5
+        assert gamma == pytest.approx(float(attack.tamper(1, _update(bad, torch.ones(1), sizes[bad]))[0]))
 
 
 def test_label_flipping_poisons_only_malicious_clients():
@@ -94,8 +112,7 @@ class Constant(nn.Module):
 
 def test_backdoor_poisons_a_share_of_malicious_samples_and_measures_success():
     fed = blob_federation(num_clients=10, per_client=40, classes=4)
-    attack = Backdoor(num_clients=10, fraction=0.2, target_class=2, poison_fraction=0.25, trigger_size=2,
-                      model=Constant(2), seed=0)  # fmt: skip
+    attack = Backdoor(num_clients=10, fraction=0.2, target_class=2, poison_fraction=0.25, trigger_size=2, seed=0)
     poisoned = attack.poison(fed)
     value = float(fed.train_x.max())
     for k in attack.attackers:
@@ -105,13 +122,11 @@ def test_backdoor_poisons_a_share_of_malicious_samples_and_measures_success():
         assert len(y) == 40 and int(triggered.sum()) == 10 and torch.all(y[triggered] == 2)
     # The success-rate test set holds every test image not of the target class, triggered.
     assert len(attack.trigger_x) == int((fed.test_y != 2).sum())
-    strategy = FedAvg()
-    strategy.transforms = [attack]
-    strategy.setup(torch.zeros(4), VectorLayout(("bias",), (torch.Size([4]),), (0,), 4, 4), num_clients=10)
-    assert attack.success_rate(strategy.global_vector) == 1.0
-    attack.model.label = 0
-    assert attack.success_rate(strategy.global_vector) == 0.0
-    assert "attack/backdoor_success" in attack.round_metrics()
+    model = Constant(2)
+    assert attack.success_rate(model) == 1.0
+    model.label = 0
+    assert attack.success_rate(model) == 0.0
+    assert attack.evaluate_model(model) == {"attack/backdoor_success": 0.0}
 
 
 def _accuracy(aggregator, attack, rounds=12):
@@ -139,4 +154,9 @@ def test_sign_flipping_breaks_fedavg_but_not_the_median():
     assert clean > 0.9
     assert attacked["eval/accuracy"] < 0.6
     assert defended > clean - 0.05
-    assert metric(attacked, "attack/malicious_clients") >= 0
+    # Independently: how many of the final round's sampled clients are attackers.
+    sampled = UniformSampler(clients_per_round=10)
+    sampled.setup(np.full(20, 30))
+    ids = sampled.cohort(12, numpy_rng(0, "sampler", 12)).ids
+    attackers = set(choose_attackers(20, 0.2, seed=0).tolist())
+    assert metric(attacked, "attack/malicious_clients") == len(attackers & set(ids.tolist()))

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from fedtorch.backends import SequentialBackend, VectorizedBackend
-from fedtorch.backends.vectorized import SGDConfig, sgd_step
-from fedtorch.client import ClientHooks, LocalTrainer
+from fedtorch.backends.vectorized import sgd_step
+from fedtorch.client import ClientHooks, LocalTrainer, OptimizerSettings
 from fedtorch.data.base import DatasetSplits, FederatedDataset
 from fedtorch.models import CNN, MLP, LinearRegression
+from fedtorch.runner import ClientJob
 from fedtorch.samplers import UniformSampler
 from fedtorch.simulation import Simulation
 from fedtorch.strategies import FedAvg
@@ -50,7 +51,7 @@ def simulation(
 ) -> Simulation:
     torch.manual_seed(0)
     options = {"lr": 0.05, "epochs": 2, "batch_size": 5, **trainer_options}
-    optimizer = functools.partial(torch.optim.SGD, **options.pop("sgd", {}))
+    optimizer = options.pop("optimizer", None) or functools.partial(torch.optim.SGD, **options.pop("sgd", {}))
     trainer = LocalTrainer(optimizer, **options)
     sampler = sampler() if sampler else UniformSampler(clients)
     model = model_fn().to(fed.train_x.dtype)
@@ -121,7 +122,7 @@ def test_conv_net_matches_sequential():
 
 
 def test_straggler_sampler_matches_sequential():
-    # The sampler's stragglers do a random share of their steps (Simulation.client_max_steps).
+    # The sampler's stragglers do a random share of their steps (their jobs' max_steps).
     sampler = functools.partial(UniformSampler, 6, stragglers=0.5, dropout=0.2)
     seq, seq_summary, vec, vec_summary = run_both(federation(), mlp, chunk_size=4, sampler=sampler, rounds=3)
     assert any(row["round/stragglers"] > 0 for row in seq.state.history)
@@ -133,11 +134,12 @@ def test_per_client_step_caps_match_the_sequential_trainer():
     fed = federation()
     sim = simulation(VectorizedBackend(chunk_size=3), fed, mlp, sgd={"momentum": 0.9})
     ids, caps = [0, 2, 3, 4, 6], [None, 1, 4, 0, 2]
-    updates = {u.client_id: u for u in sim.backend.train_clients(sim, 1, ids, caps)}
+    jobs = [ClientJob(client, 1, cap) for client, cap in zip(ids, caps)]
+    updates = {u.client_id: u for u in sim.backend.train(jobs, sim.global_vector, {})}
     assert sorted(updates) == ids
-    for client, cap in zip(ids, caps):
-        update = updates[client]
-        expected = sim.train_client(1, client, max_steps=cap)
+    for job in jobs:
+        update = updates[job.client_id]
+        expected = sim.runner.run(job, sim.global_vector)
         assert update.num_steps == expected.num_steps
         assert int(update.metrics["samples_seen"]) == int(expected.metrics["samples_seen"])
         torch.testing.assert_close(update.delta, expected.delta, **TOLERANCE[torch.float64])
@@ -162,7 +164,7 @@ def test_sgd_step_is_torch_sgd_bit_for_bit(sgd):
     grads_per_step = [[torch.randn(2, *s, generator=gen) for s in shapes] for _ in range(4)]
     stacked = [p.clone() for p in start]
     bufs = [torch.empty_like(p) for p in stacked]
-    config = SGDConfig(lr=0.1, **sgd)
+    config = OptimizerSettings(name="SGD", lr=0.1, **sgd)
     for t, grads in enumerate(grads_per_step):
         sgd_step(stacked, grads, bufs, config, first=t == 0)
     for client in range(2):
@@ -177,14 +179,18 @@ def test_sgd_step_is_torch_sgd_bit_for_bit(sgd):
 
 
 class _Proximal(ClientHooks):
+    adjusts_gradients = True
+
     def after_backward(self, params, grads, global_params):
         for p, g, g0 in zip(params, grads, global_params):
             g.add_(p.detach() - g0, alpha=0.1)
 
 
 class _HookedFedAvg(FedAvg):
-    def client_hooks(self, round_idx, client_id):
-        return _Proximal()
+    changes_local_training = True
+
+    def local_update(self, client):
+        return client.train(hooks=_Proximal())
 
 
 class _BatchNormNet(nn.Module):
@@ -199,7 +205,7 @@ class _BatchNormNet(nn.Module):
 @pytest.mark.parametrize(
     "case, reason",
     [
-        ("hooks", "client hooks"),
+        ("hooks", "changes local training"),
         ("batchnorm", "BatchNorm"),
         ("adam", "Adam"),
         ("dropout", "dropout"),
@@ -221,9 +227,11 @@ def test_unsupported_setups_fall_back_to_sequential(case, reason, caplog):
         options["strategy"] = _HookedFedAvg()
     with caplog.at_level(logging.WARNING, logger="fedtorch"):
         vec = simulation(VectorizedBackend(), fed, model_fn, rounds=1, **options)
-        if case == "adam":
-            seq.trainer.optimizer = vec.trainer.optimizer = torch.optim.Adam
-            vec.backend.setup(vec)
+    if case == "adam":
+        options["optimizer"] = torch.optim.Adam
+        seq = simulation(SequentialBackend(), fed, model_fn, rounds=1, **options)
+        with caplog.at_level(logging.WARNING, logger="fedtorch"):
+            vec = simulation(VectorizedBackend(), fed, model_fn, rounds=1, **options)
     assert any("falls back to sequential" in r.message and reason in r.message for r in caplog.records)
     assert vec.backend.name == "sequential"
     seq.run()

@@ -11,9 +11,11 @@ import torch
 from fedtorch.client import ClientUpdate, LocalTrainer
 from fedtorch.compression import QSGD, CommunicationMeter, TopK, pack_bits, payload_bytes, unpack_bits
 from fedtorch.models import LogisticRegression
+from fedtorch.pipeline import StepRecord
 from fedtorch.samplers import UniformSampler
 from fedtorch.simulation import Simulation
-from fedtorch.strategies import FedAvg
+from fedtorch.strategies import FedAvg, Scaffold
+from tests._server import Server
 from tests.privacy.helpers import blob_federation, metric
 
 
@@ -29,7 +31,7 @@ def test_topk_keeps_the_largest_coordinates_and_counts_values_plus_indices():
     assert payload_bytes(payload) == 3 * (4 + 4)
     decoded = topk.decode(payload, v)
     assert torch.equal(decoded, torch.tensor([0, -5.0, 0, 3.0, 0, 0, 0, 0, 0, 2.0]))
-    sent = topk.on_update(1, _update(v))
+    sent = topk.on_update(_update(v), StepRecord(1, (0,)))
     assert int(sent.metrics["bytes_up"]) == 24 and torch.equal(sent.delta, decoded)
 
 
@@ -40,7 +42,7 @@ def test_error_feedback_conserves_what_was_not_sent():
     for r in range(1, 31):
         delta = torch.randn(400, generator=gen)
         inputs += delta
-        sent += topk.on_update(r, _update(delta, client=3)).delta
+        sent += topk.on_update(_update(delta, client=3), StepRecord(r, (3,))).delta
     # Everything a client was asked to send went out, except its current residual.
     assert torch.allclose(sent + topk.residuals[3], inputs, atol=1e-4)
     assert topk.residuals[3].device.type == "cpu"
@@ -77,23 +79,34 @@ def test_qsgd_is_unbiased_with_the_promised_payload(bits, bucket):
     assert float((mean - v).abs().mean()) < float((one - v).abs().mean())
 
 
-def test_meter_counts_dense_updates_extras_and_the_model_sent_down():
-    from fedtorch.params import VectorLayout
-
-    strategy = FedAvg()
+def test_meter_counts_dense_updates_extras_and_what_is_sent_down():
     meter = CommunicationMeter()
-    strategy.transforms = [meter]
-    strategy.setup(torch.zeros(50), VectorLayout(("w",), (torch.Size([50]),), (0,), 50, 50), num_clients=4)
+    server = Server(FedAvg(), torch.zeros(50), [meter], num_clients=4)
     for round_idx in (1, 2):
-        strategy.begin_round(round_idx, [0, 1])
-        strategy.accept(round_idx, _update(torch.ones(50), 0))
+        server.strategy.begin_round(round_idx, [0, 1])
+        # Down: the model (200 bytes) and a strategy payload of 50 float64 values (400 bytes) each.
+        server.pipeline.begin(round_idx, [0, 1], download_bytes=200 + 400)
+        server.pipeline.accept(_update(torch.ones(50), 0))
         with_extra = _update(torch.ones(50), 1)
         with_extra.extra["control_variate"] = torch.zeros(50, dtype=torch.float64)
-        strategy.accept(round_idx, with_extra)
-        metrics = strategy.finish_round(round_idx)
+        server.pipeline.accept(with_extra)
+        server.strategy.apply(round_idx, server.pipeline.result())
+        metrics = server.pipeline.step_metrics()
     assert metrics["comm/bytes_up"] == 200 + 200 + 400
-    assert metrics["comm/bytes_down"] == 2 * 200
-    assert metrics["comm/bytes_up_total"] == 2 * 800 and metrics["comm/bytes_down_total"] == 2 * 400
+    assert metrics["comm/bytes_down"] == 2 * 600
+    assert metrics["comm/bytes_up_total"] == 2 * 800 and metrics["comm/bytes_down_total"] == 2 * 1200
+
+
+def test_scaffold_downloads_its_control_variate_with_the_model():
+    fed = blob_federation(num_clients=6)
+    torch.manual_seed(0)
+    sim = Simulation(
+        fed, LogisticRegression((8,), 3), Scaffold(), UniformSampler(3), LocalTrainer(lr=0.1), rounds=1,
+        transforms=[CommunicationMeter()],
+    )  # fmt: skip
+    sim.run()
+    model_bytes = 27 * 4
+    assert metric(sim.state.history[-1], "comm/bytes_down") == 3 * (model_bytes + model_bytes)  # model + c
 
 
 @pytest.mark.parametrize("compressor,ratio", [(None, 1.0), (TopK(density=0.1), 0.2)])

@@ -5,41 +5,36 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from fedtorch.aggregators import CoordinateMedian
 from fedtorch.client import ClientUpdate, LocalTrainer
+from fedtorch.errors import OptionError
 from fedtorch.models import LogisticRegression
-from fedtorch.privacy import CentralDP, PrivacyAccountant, PrivacyBudget, Sampling, clip_by_norm, sampling_of
-from fedtorch.privacy.factory import PrivacyOptionError, build_privacy
+from fedtorch.privacy import CentralDP, DPFedAvg, PrivacyAccountant, PrivacyBudget, Sampling, clip_by_norm, sampling_of
 from fedtorch.samplers import PoissonSampler, UniformSampler
 from fedtorch.simulation import Simulation
 from fedtorch.strategies import FedAvg
-from fedtorch.strategies.base import Strategy
+from tests._server import Server
 from tests.privacy.helpers import blob_federation, metric
 
 
-def _strategy(size: int, transforms) -> Strategy:
-    strategy = FedAvg()
-    strategy.transforms = list(transforms)
-    strategy.setup(torch.zeros(size), _layout(size), num_clients=10)
-    return strategy
+class _Bound:
+    """A FedAvg server with DP transforms, addressed like the old strategy objects in these tests."""
+
+    def __init__(self, size: int, transforms, **options) -> None:
+        self.server = Server(FedAvg(), torch.zeros(size), transforms, **options)
+        self.global_vector = self.server.vector
 
 
-def _layout(size: int):
-    from fedtorch.params import VectorLayout
-
-    return VectorLayout(names=("w",), shapes=(torch.Size([size]),), offsets=(0,), num_params=size, size=size)
+def _strategy(size: int, transforms, **options) -> _Bound:
+    return _Bound(size, transforms, **options)
 
 
-def _round(strategy: Strategy, round_idx: int, deltas: list[torch.Tensor], samples=None) -> dict[str, float]:
-    strategy.begin_round(round_idx, list(range(len(deltas))))
-    for k, delta in enumerate(deltas):
-        n = 10 if samples is None else samples[k]
-        strategy.accept(round_idx, ClientUpdate(client_id=k, delta=delta.clone(), num_samples=n, num_steps=1))
-    return strategy.finish_round(round_idx)
+def _round(bound: _Bound, round_idx: int, deltas: list[torch.Tensor], samples=None) -> dict[str, float]:
+    samples = [10] * len(deltas) if samples is None else samples
+    return bound.server.round(round_idx, deltas, samples)
 
 
 def test_clipping_bounds_every_update_and_leaves_small_ones_alone():
@@ -60,7 +55,8 @@ def test_noiseless_dp_fedavg_is_the_clipped_sum_over_the_expected_cohort():
     strategy = _strategy(3, dp.transforms())
     deltas = [torch.tensor([0.3, 0.0, 0.0]), torch.tensor([0.0, 6.0, 8.0]), torch.tensor([0.1, 0.1, 0.1])]
     _round(strategy, 1, deltas, samples=[1, 1000, 5])  # weights must not matter
-    assert strategy.weighted is False
+    assert strategy.server.pipeline.weighting(ClientUpdate(0, deltas[0], 1000, 1)) == 1.0
+    assert strategy.server.strategy.weighted is True  # the pipeline weights uniformly; the strategy is untouched
     expected = (deltas[0] + deltas[1] / 10 + deltas[2]) / 4.0
     assert torch.allclose(strategy.global_vector, expected, atol=1e-6)
 
@@ -121,40 +117,25 @@ def test_adaptive_clipping_splits_the_noise_as_andrew_et_al():
     dp = CentralDP(clip_norm=0.1, noise_multiplier=1.0, expected_cohort_size=100.0, adaptive=True)
     assert dp.count_stddev == pytest.approx(5.0)  # E[m] / 20
     assert dp.update_noise_multiplier == pytest.approx((1.0 - 1 / 100) ** -0.5)
-    with pytest.raises(ValueError, match="must exceed"):
-        CentralDP(clip_norm=0.1, noise_multiplier=1.0, expected_cohort_size=10.0, adaptive=True)
+    # A small cohort: E[m] / 20 = 0.5 would not exceed z / 2, so the default raises sigma_b to z.
+    small = CentralDP(clip_norm=0.1, noise_multiplier=1.0, expected_cohort_size=10.0, adaptive=True)
+    assert small.count_stddev == 1.0 and small.update_noise_multiplier == pytest.approx((1.0 - 1 / 4) ** -0.5)
+    with pytest.raises(ValueError, match=r"privacy.clipped_count_stddev=0.5 is invalid: more than"):
+        CentralDP(clip_norm=0.1, noise_multiplier=1.0, adaptive=True, clipped_count_stddev=0.5)
 
 
 def test_robust_reducers_are_refused():
     dp = CentralDP(clip_norm=1.0, noise_multiplier=1.0, expected_cohort_size=4.0)
-    strategy = FedAvg(aggregator=CoordinateMedian())
-    strategy.transforms = dp.transforms()
-    with pytest.raises(ValueError, match="mean aggregator"):
-        strategy.setup(torch.zeros(3), _layout(3), num_clients=10)
-    sampler = PoissonSampler(q=0.5)
-    sampler.setup(np.full(10, 5))
-    with pytest.raises(PrivacyOptionError, match="strategy.aggregator"):
-        build_privacy(
-            {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0},
-            sampler=sampler,
-            strategy=FedAvg(aggregator=CoordinateMedian()),
-            trainer=LocalTrainer(),
-            client_sizes=[5] * 10,
-            rounds=3,
-            seed=0,
-        )
+    with pytest.raises(OptionError, match=r"aggregator='CoordinateMedian' is invalid: central DP needs the mean"):
+        Server(FedAvg(aggregator=CoordinateMedian()), torch.zeros(3), dp.transforms())
 
 
 def test_strategies_with_per_update_server_state_are_refused():
     from fedtorch.strategies.scaffold import Scaffold
 
-    sampler = PoissonSampler(q=0.5)
-    sampler.setup(np.full(10, 5))
-    with pytest.raises(PrivacyOptionError, match="individual"):
-        build_privacy(
-            {"mode": "central", "clip_norm": 1.0}, sampler=sampler, strategy=Scaffold(), trainer=LocalTrainer(),
-            client_sizes=[5] * 10, rounds=3, seed=0,
-        )  # fmt: skip
+    dp = DPFedAvg(clip_norm=1.0)
+    with pytest.raises(OptionError, match="individual"):
+        Server(Scaffold(), torch.zeros(3), [*dp.client_transforms(), *dp.server_transforms()])
 
 
 def test_simulation_logs_epsilon_every_round_and_stops_at_the_target():
@@ -188,18 +169,14 @@ def test_simulation_logs_epsilon_every_round_and_stops_at_the_target():
 
 
 def test_uniform_sampler_builds_a_replace_one_accountant():
-    sampler = UniformSampler(clients_per_round=5)
-    sampler.setup(np.full(20, 30))
-    setup = build_privacy(
-        {"mode": "central", "clip_norm": 1.0, "noise_multiplier": 1.0},
-        sampler=sampler,
-        strategy=FedAvg(),
-        trainer=LocalTrainer(),
-        client_sizes=[30] * 20,
-        rounds=3,
-        seed=0,
-    )
-    (mechanism,) = setup.server_side
+    fed = blob_federation(num_clients=20)
+    dp = DPFedAvg(clip_norm=1.0, noise_multiplier=1.0)
+    torch.manual_seed(0)
+    Simulation(
+        fed, LogisticRegression((8,), 3), FedAvg(), UniformSampler(clients_per_round=5), LocalTrainer(), rounds=3,
+        transforms=[*dp.client_transforms(), *dp.server_transforms()],
+    )  # fmt: skip
+    (mechanism,) = dp.server_transforms()
     assert mechanism.accountant.sampling.kind == "without_replacement"
     assert mechanism.accountant.delta == pytest.approx(20**-1.1)
     assert mechanism.expected_cohort_size == 5.0

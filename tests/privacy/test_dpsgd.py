@@ -76,7 +76,7 @@ def test_noise_has_std_sigma_c_over_the_expected_batch():
 
 def test_batches_are_poisson_sampled():
     fed = blob_federation(per_client=200)
-    trainer = DPSGDTrainer(noise_multiplier=0.0, max_grad_norm=1.0, lr=0.0, epochs=2, batch_size=20)
+    trainer = DPSGDTrainer(noise_multiplier=0.0, max_grad_norm=1.0, lr=1e-12, epochs=2, batch_size=20)
     update = _train(trainer, fed)
     # 2 epochs of ceil(200 / 20) steps, each with Binomial(200, 0.1) samples: mean 20, sd ~4.2 per step.
     assert update.num_steps == 20
@@ -89,9 +89,12 @@ def test_local_accounting_composes_one_poisson_event_per_step():
     trainer = DPSGDTrainer(noise_multiplier=1.2, max_grad_norm=1.0, batch_size=10, epochs=1)
     ledger = LocalDPAccounting(trainer, client_sizes=[100, 50], delta=1e-5)
     from fedtorch.client import ClientUpdate
+    from fedtorch.pipeline import StepRecord
 
-    ledger.on_update(1, ClientUpdate(client_id=0, delta=torch.zeros(1), num_samples=100, num_steps=10))
-    ledger.on_update(2, ClientUpdate(client_id=0, delta=torch.zeros(1), num_samples=100, num_steps=10))
+    for step in (1, 2):
+        record = StepRecord(step, (0,))
+        ledger.begin(record)
+        ledger.on_update(ClientUpdate(client_id=0, delta=torch.zeros(1), num_samples=100, num_steps=10), record)
     worst = compute_epsilon(Sampling.poisson(0.1), 1.2, 20, 1e-5)
     assert ledger.epsilon == pytest.approx(worst)
     # Next round, worst case: client 1 (q = 0.2) trains its first 5 steps, or client 0 another 10.

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 
 import dp_accounting
+import numpy as np
 from dp_accounting.rdp import RdpAccountant
 
+from fedtorch.attacks import choose_attackers
+from fedtorch.samplers import PoissonSampler
+from fedtorch.seeding import numpy_rng
 from tests.conftest import run_cli
 from tests.privacy.helpers import metric
 
@@ -32,11 +36,20 @@ def test_central_dp_with_secagg_compression_and_attack_stops_at_the_budget(tmp_p
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
+    # A second computation of who took part, who attacked and who dropped out, from the same streams.
+    sampler = PoissonSampler(q=0.5)
+    sampler.setup(np.ones(30))
+    attackers = set(choose_attackers(30, 0.2, seed=0).tolist())
     for r in rows:
         assert metric(r, "privacy/epsilon") == _epsilon(0.5, 1.0, r["round"], delta)
         assert metric(r, "privacy/delta") == delta
         assert metric(r, "comm/bytes_up") > 0 and metric(r, "comm/bytes_down") == 610 * 4 * r["round/clients"]
-        assert metric(r, "secagg/aborted") in (0.0, 1.0) and metric(r, "attack/malicious_clients") >= 0
+        cohort = sampler.cohort(r["round"], numpy_rng(0, "sampler", r["round"])).ids.tolist()
+        dropped = [k for k in cohort if numpy_rng(0, "secagg_dropout", r["round"], k).random() < 0.2]
+        assert r["round/clients"] == len(cohort)
+        assert metric(r, "attack/malicious_clients") == len(attackers & set(cohort))
+        assert metric(r, "secagg/dropped") == len(dropped)
+        assert metric(r, "secagg/aborted") == float(len(cohort) - len(dropped) < len(cohort) // 2 + 1)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stop_reason"] == "privacy_budget" and summary["rounds"] == 3
     assert summary["privacy"] == {

@@ -10,23 +10,22 @@ import torch
 from scipy import stats
 
 from fedtorch.aggregators import CoordinateMedian
-from fedtorch.client import ClientUpdate
+from fedtorch.errors import OptionError
 from fedtorch.privacy import CentralDP, SecureAggregation
 from fedtorch.privacy.secagg import shamir_reconstruct, shamir_share
 from fedtorch.strategies import FedAvg
-from tests.privacy.test_central_dp import _layout
+from tests._server import Server
 
 
 def _run(secagg: SecureAggregation, deltas: list[torch.Tensor], samples: list[int], round_idx=1, weighted=True):
-    strategy = FedAvg(weighted=weighted)
-    strategy.transforms = [secagg]
-    strategy.setup(torch.zeros(deltas[0].numel()), _layout(deltas[0].numel()), num_clients=len(deltas))
     ids = [3 * k + 1 for k in range(len(deltas))]  # ids need not be 0..m-1
-    strategy.begin_round(round_idx, ids)
-    for cid, delta, n in zip(ids, deltas, samples):
-        strategy.accept(round_idx, ClientUpdate(client_id=cid, delta=delta.clone(), num_samples=n, num_steps=1))
-    strategy.finish_round(round_idx)
-    return strategy.global_vector, [ids.index(c) for c in secagg.received_clients]
+    sizes = [1] * (3 * len(deltas) + 1)
+    for cid, n in zip(ids, samples):
+        sizes[cid] = n
+    server = Server(FedAvg(weighted=weighted), torch.zeros(deltas[0].numel()), [secagg], client_sizes=sizes,
+                    expected_cohort=len(deltas))  # fmt: skip
+    server.round(round_idx, deltas, samples, clients=ids)
+    return server.vector, [ids.index(c) for c in secagg.received_clients]
 
 
 def test_shamir_reconstructs_from_any_t_shares():
@@ -48,7 +47,7 @@ def test_integer_inputs_decode_to_the_exact_sum(dropout):
     expected = sum(deltas[k] for k in survivors) / len(survivors)
     summed = result.double() * len(survivors)
     assert torch.equal(summed.round(), expected.mul(len(survivors)))  # the decoded sum is exact
-    assert float(secagg.round_metrics()["secagg/dropped"]) == 8 - len(survivors)
+    assert float(secagg.step_metrics()["secagg/dropped"]) == 8 - len(survivors)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.4])
@@ -69,9 +68,12 @@ def test_weighted_real_inputs_are_exact_to_the_fixed_point_resolution(dropout):
 def test_too_many_dropouts_abort_the_round():
     deltas = [torch.ones(5) for _ in range(6)]
     secagg = SecureAggregation(seed=0, dropout=0.95, threshold=0.5)
-    result, _ = _run(secagg, deltas, [1] * 6)
-    assert torch.equal(result, torch.zeros(5))
-    assert secagg.round_metrics()["secagg/aborted"] == 1.0
+    strategy = FedAvg()
+    server = Server(strategy, torch.zeros(5), [secagg], num_clients=6)
+    metrics = server.round(1, deltas, [1] * 6)
+    assert torch.equal(server.vector, torch.zeros(5))
+    assert secagg.step_metrics()["secagg/aborted"] == 1.0
+    assert metrics["skipped_rounds"] == 1.0  # an aborted round takes no server step at all
 
 
 def test_overflow_is_detected_not_wrapped():
@@ -108,25 +110,25 @@ def test_secagg_refuses_reducers_and_strategies_that_need_every_update():
     from fedtorch.strategies.fednova import FedNova
 
     for strategy in (FedAvg(aggregator=CoordinateMedian()), FedNova()):
-        strategy.transforms = [SecureAggregation()]
-        with pytest.raises(ValueError, match="only the sum"):
-            strategy.setup(torch.zeros(3), _layout(3), num_clients=4)
+        with pytest.raises(OptionError, match="only the sum"):
+            Server(strategy, torch.zeros(3), [SecureAggregation()], num_clients=4)
+
+
+def test_a_ring_too_small_for_the_cohort_is_refused_before_any_work():
+    # 2^15 / 2^12 = 8: a cohort of 10 clients already overflows with coordinates of 1.
+    with pytest.raises(OptionError, match=r"secagg.modulus_bits=16 is invalid: the ring 2\^16"):
+        Server(FedAvg(weighted=False), torch.zeros(3), [SecureAggregation(modulus_bits=16, fractional_bits=12)])
 
 
 def test_secagg_composes_with_central_dp():
     # Clip on the client, mask, unmask on the server, then noise: with z = 0 it is plain DP-FedAvg.
     dp = CentralDP(clip_norm=1.0, noise_multiplier=0.0, expected_cohort_size=4.0)
     secagg = SecureAggregation(seed=1, dropout=0.3, threshold=0.2)
-    strategy = FedAvg()
-    strategy.transforms = [dp.clipper, secagg, dp]
-    strategy.setup(torch.zeros(2), _layout(2), num_clients=6)
+    server = Server(FedAvg(), torch.zeros(2), [dp.clipper, secagg, dp], num_clients=6)
     deltas = [torch.tensor([3.0, 4.0]), torch.tensor([0.1, 0.2]), torch.tensor([0.0, -0.5]), torch.tensor([1.0, 0.0])]
-    strategy.begin_round(1, [0, 1, 2, 3])
-    for k, delta in enumerate(deltas):
-        strategy.accept(1, ClientUpdate(client_id=k, delta=delta, num_samples=100 * (k + 1), num_steps=1))
-    strategy.finish_round(1)
+    server.round(1, deltas, samples=[100 * (k + 1) for k in range(4)])
     survivors = secagg.received_clients
     assert 0 < len(survivors) < 4
     clipped = [d / max(1.0, float(d.norm())) for d in deltas]
     expected = sum(clipped[k] for k in survivors) / 4.0
-    assert torch.allclose(strategy.global_vector, expected, atol=1e-6)
+    assert torch.allclose(server.vector, expected, atol=1e-6)

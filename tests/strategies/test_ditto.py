@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from fedtorch.client import LocalTrainer
+from fedtorch.evaluation import evaluate_per_client
 from fedtorch.models import LogisticRegression
 from fedtorch.params import FlatModel
 from fedtorch.samplers import UniformSampler
 from fedtorch.seeding import torch_generator
 from fedtorch.strategies import Ditto, FedAvg
-from fedtorch.strategies.personalization import evaluate_per_client
 from tests.strategies._federations import classification_federation, simulate
 
 LR = 0.1
@@ -31,7 +31,7 @@ def test_global_model_follows_fedavg_bit_for_bit():
     ditto.run()
     fedavg.run()
     assert torch.equal(ditto.global_vector, fedavg.global_vector)
-    assert len(ditto.strategy.personal) > 0
+    assert len(ditto.runner.state.clients("personal")) > 0
 
 
 def test_lambda_zero_personal_model_is_plain_local_training():
@@ -39,7 +39,7 @@ def test_lambda_zero_personal_model_is_plain_local_training():
     sim = _sim(fed, Ditto(lam=0.0), clients=6)
     sim.run_round(1)
     sim.state.round = 1
-    previous = {k: sim.strategy.personal.get(k, "cpu") for k in range(fed.num_clients)}
+    previous = {k: sim.runner.state.get(k, "personal", "cpu") for k in range(fed.num_clients)}
     sim.run_round(2)
     # Second implementation: a separate model trained by LocalTrainer from the previous personal model.
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def test_lambda_zero_personal_model_is_plain_local_training():
     for k in range(fed.num_clients):
         trainer.train(flat, previous[k], fed.train_x, fed.train_y, fed.client_indices[k],
                       torch_generator(0, "ditto_batches", 2, k), F.cross_entropy)  # fmt: skip
-        assert torch.equal(sim.strategy.personal.get(k, "cpu"), flat.vector)
+        assert torch.equal(sim.runner.state.get(k, "personal", "cpu"), flat.vector)
 
 
 def test_lambda_one_over_lr_pulls_the_personal_model_onto_the_global_one():
@@ -57,7 +57,7 @@ def test_lambda_one_over_lr_pulls_the_personal_model_onto_the_global_one():
     sim = _sim(fed, Ditto(lam=1.0 / LR), batch_size=-1, clients=6, epochs=1)
     sim.run_round(1)
     sim.state.round = 1
-    v_prev = {k: sim.strategy.personal.get(k, "cpu") for k in range(fed.num_clients)}
+    v_prev = {k: sim.runner.state.get(k, "personal", "cpu") for k in range(fed.num_clients)}
     w_t = sim.global_vector.clone()
     sim.run_round(2)
     for k in range(fed.num_clients):
@@ -67,7 +67,7 @@ def test_lambda_one_over_lr_pulls_the_personal_model_onto_the_global_one():
         loss = F.cross_entropy(fed.train_x[ix] @ weight.T + bias, fed.train_y[ix])
         (grad,) = torch.autograd.grad(loss, v)
         expected = w_t - LR * grad
-        torch.testing.assert_close(sim.strategy.personal.get(k, "cpu"), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(sim.runner.state.get(k, "personal", "cpu"), expected, rtol=0, atol=1e-6)
 
 
 def test_personal_models_approach_the_global_model_as_lambda_grows():
@@ -80,7 +80,7 @@ def test_personal_models_approach_the_global_model_as_lambda_grows():
         sim.state.round = 1
         anchor = sim.global_vector.clone()
         sim.run_round(2)
-        gaps.append(sum(float((sim.strategy.personal.get(k, "cpu") - anchor).norm()) for k in range(6)))
+        gaps.append(sum(float((sim.runner.state.get(k, "personal", "cpu") - anchor).norm()) for k in range(6)))
     assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 0.2 * gaps[0]
 
 
@@ -93,6 +93,10 @@ def test_personal_evaluation_reports_per_client_accuracy():
         assert f"eval/personal/{key}" in metrics
     assert 0.0 <= metrics["eval/personal/accuracy_worst10"] <= metrics["eval/personal/accuracy_mean"] <= 1.0
     # The per-client evaluation with the global model for everyone agrees with the simulation's own.
-    with_global = evaluate_per_client(sim, lambda k: sim.global_vector, prefix="clients")
+    fed = sim.federation
+    with_global = evaluate_per_client(
+        sim.flat, fed.test_x, fed.test_y, fed.client_test_indices, lambda k: sim.global_vector, sim.loss_fn, True,
+        prefix="clients",
+    )  # fmt: skip
     for key in ("clients/accuracy_mean", "clients/accuracy_worst10", "clients/loss_mean"):
         assert with_global[key] == pytest.approx(metrics[f"eval/{key}"], abs=1e-6)

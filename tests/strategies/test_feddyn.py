@@ -30,13 +30,14 @@ def test_server_state_is_the_mean_of_client_states_and_the_update_by_hand():
     sim = simulate(fed, linear_model(fed), FedDyn(alpha=alpha), trainer, rounds=3, sampler=UniformSampler(2))
     strategy = sim.strategy
     # h = (1/m) sum_k g_k over all m clients (clients never sampled hold g_k = 0).
-    mean = sum(strategy.client_grad.get(k, "cpu") for k in strategy.client_grad) / fed.num_clients
+    store = sim.runner.state
+    mean = sum(store.get(k, "grad", "cpu") for k in store.clients("grad")) / fed.num_clients
     torch.testing.assert_close(strategy.h, mean, rtol=0, atol=1e-12)
 
     # One more round by hand: w_{t+1} = mean_k(w_k) - h_new / alpha, h_new = h - alpha/m sum_k (w_k - w_t).
     w_t = sim.global_vector.clone()
-    ids = sim.sample_clients(4)
-    g = {int(k): strategy.client_grad.get(int(k), "cpu", default=lambda: torch.zeros_like(w_t)) for k in ids}
+    ids = sim.sample(4).ids
+    g = {int(k): store.get(int(k), "grad", "cpu", default=lambda: torch.zeros_like(w_t)) for k in ids}
     deltas = []
     for k in ids:
         ix = fed.client_indices[int(k)]

@@ -38,8 +38,8 @@ def test_one_round_matches_the_closed_form_weighting():
     sampler = FixedWork([1.0, 0.5, 0.1])  # 20, 10 and 2 local steps
     sim = simulate(fed, linear_model(fed), FedNova(), trainer, rounds=1, sampler=sampler, run=False)
     x0 = sim.global_vector.clone()
-    sim.sample_clients(1)  # the round's straggler budgets
-    updates = [sim.train_client(1, k) for k in range(3)]
+    jobs = sim.jobs(1, sim.sample(1))  # the round's straggler budgets
+    updates = [sim.runner.run(job, sim.global_vector) for job in jobs]
     assert [u.num_steps for u in updates] == [20, 10, 2]
 
     p = np.array([10, 20, 30]) / 60

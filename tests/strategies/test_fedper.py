@@ -23,7 +23,7 @@ def test_default_head_is_the_last_layer():
     sim = _sim(fed, FedPer())
     names = [sim.flat.layout.names[i] for i in sim.strategy.head_indices]
     assert names == ["net.3.weight", "net.3.bias"]
-    assert head_parameter_indices(sim.flat.layout, 4, ["net.1"]) == [0, 1]
+    assert head_parameter_indices(sim.flat.layout, ["net.1"]) == [0, 1]
 
 
 def test_heads_stay_local_and_bodies_are_averaged():
@@ -37,10 +37,10 @@ def test_heads_stay_local_and_bodies_are_averaged():
     assert torch.equal(fedper.global_vector[: head.start], fedavg.global_vector[: head.start])
     assert torch.equal(fedper.global_vector[head], start[head])
     assert not torch.equal(fedavg.global_vector[head], start[head])
-    assert len(fedper.strategy.heads) == fed.num_clients
+    assert len(fedper.runner.state.clients("head")) == fed.num_clients
 
     # Round 2: client k starts from global body + its own head; check its new head by retraining.
-    heads_before = {k: fedper.strategy.heads.get(k, "cpu") for k in range(fed.num_clients)}
+    heads_before = {k: fedper.runner.state.get(k, "head", "cpu") for k in range(fed.num_clients)}
     body_before = fedper.global_vector.clone()
     fedper.state.round = 1
     fedper.run_round(2)
@@ -53,7 +53,7 @@ def test_heads_stay_local_and_bodies_are_averaged():
         torch.manual_seed(0)
         trainer.train(flat, begin, fed.train_x, fed.train_y, fed.client_indices[k],
                       torch_generator(0, "batches", 2, k), fedper.loss_fn)  # fmt: skip
-        assert torch.equal(fedper.strategy.heads.get(k, "cpu"), flat.vector[head])
+        assert torch.equal(fedper.runner.state.get(k, "head", "cpu"), flat.vector[head])
 
 
 def test_personal_vector_combines_global_body_and_own_head():
@@ -62,7 +62,7 @@ def test_personal_vector_combines_global_body_and_own_head():
     sim.run()
     head = slice(sim.strategy.head_segments[0][0], sim.strategy.head_segments[-1][1])
     for k in range(fed.num_clients):
-        vector = sim.strategy.personal_vector(k)
+        vector = sim.strategy.personal_vector(k, sim.global_vector, sim.runner.state)
         assert torch.equal(vector[: head.start], sim.global_vector[: head.start])
-        assert torch.equal(vector[head], sim.strategy.heads.get(k, "cpu"))
+        assert torch.equal(vector[head], sim.runner.state.get(k, "head", "cpu"))
     assert "eval/personal/accuracy_mean" in sim.state.history[-1]

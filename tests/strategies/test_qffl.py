@@ -31,7 +31,7 @@ def test_one_round_matches_algorithm_two():
     q, lr = 2.0, 0.1
     sim = _run(fed, QFFL(q=q), rounds=1, batch_size=-1, run=False)  # full batch: no batch order to replay
     w_t = sim.global_vector.clone()
-    ids = [int(k) for k in sim.sample_clients(1)]
+    ids = [int(k) for k in sim.sample(1).ids]
     lipschitz = 1.0 / lr
     numerator, denominator = torch.zeros_like(w_t, dtype=torch.float64), 0.0
     for k in ids:

@@ -45,14 +45,15 @@ def test_first_round_is_fedavg_and_control_variates_follow_option_two():
     assert torch.equal(fedavg.global_vector, scaffold.global_vector)
 
     strategy = scaffold.strategy
+    store = scaffold.runner.state
     sizes = fed.client_sizes()
-    participants = list(strategy.client_c)
+    participants = store.clients("c")
     assert len(participants) == 3
     expected_c = torch.zeros_like(strategy.c)
     for k in participants:
         # option II with c = c_k = 0: c_k+ = (x - y_k) / (K lr)
         update = updates[k]
-        c_k = strategy.client_c.get(k, "cpu")
+        c_k = store.get(k, "c", "cpu")
         torch.testing.assert_close(c_k, -update.delta / (update.num_steps * 0.1), rtol=0, atol=1e-6)
         expected_c += sizes[k] / sizes.sum() * c_k
     torch.testing.assert_close(strategy.c, expected_c, rtol=0, atol=1e-7)
@@ -62,9 +63,9 @@ def test_server_control_variate_stays_the_weighted_mean_of_all_client_variates()
     fed = classification_federation(num_clients=6, seed=2)
     sim = _build(fed, Scaffold(), rounds=4, clients=2)
     sim.run()
-    strategy = sim.strategy
+    strategy, store = sim.strategy, sim.runner.state
     sizes = fed.client_sizes()
-    assert 2 < len(strategy.client_c) <= 6  # partial participation over several rounds
-    mean = sum(sizes[k] / sizes.sum() * strategy.client_c.get(k, "cpu") for k in strategy.client_c)
+    assert 2 < len(store.clients("c")) <= 6  # partial participation over several rounds
+    mean = sum(sizes[k] / sizes.sum() * store.get(k, "c", "cpu") for k in store.clients("c"))
     torch.testing.assert_close(strategy.c, mean, rtol=0, atol=1e-6)
     assert float(strategy.c.norm()) > 0

@@ -7,31 +7,28 @@ import math
 import pytest
 import torch
 
-from fedtorch.client import ClientUpdate, LocalTrainer
+from fedtorch.client import LocalTrainer
 from fedtorch.models import LogisticRegression
 from fedtorch.optim import Yogi
-from fedtorch.params import FlatModel
 from fedtorch.samplers import UniformSampler
 from fedtorch.strategies import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
+from tests._server import Server
 from tests.strategies._federations import classification_federation, simulate
 
 
 def _server(strategy, x0):
     """Bind `strategy` to a 1-parameter-tensor model whose flat vector starts at x0."""
-    model = torch.nn.Linear(len(x0), 1, bias=False)
-    flat = FlatModel(model)
-    flat.vector.copy_(torch.tensor([x0], dtype=torch.float32).reshape(-1)[: flat.layout.size])
-    vector = flat.vector.detach().clone()
-    strategy.setup(vector, flat.layout, num_clients=2)
-    return vector
+    server = Server(strategy, x0, num_clients=2)
+    _SERVERS[id(strategy)] = server
+    return server.vector
+
+
+_SERVERS: dict[int, Server] = {}
 
 
 def _round(strategy, round_idx, deltas, samples=(1, 1)):
     """One server round fed with hand-made client deltas."""
-    strategy.begin_round(round_idx, list(range(len(deltas))))
-    for k, (delta, n) in enumerate(zip(deltas, samples)):
-        strategy.accept(round_idx, ClientUpdate(k, torch.tensor(delta, dtype=torch.float32), n, 1))
-    return strategy.finish_round(round_idx)
+    return _SERVERS[id(strategy)].round(round_idx, deltas, samples)
 
 
 def test_fedavgm_with_zero_momentum_is_fedavg_bit_for_bit():
