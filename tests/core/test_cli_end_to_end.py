@@ -71,7 +71,11 @@ def pytest_approx(value: float):
 def test_multirun_sweep_gives_each_job_a_folder(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(
-        "-m", "rounds=2", "trainer.lr=0.01,0.05", "strategy.server_lr=1.0,0.5", "logging.progress=false",
+        "-m",
+        "rounds=2",
+        "trainer.lr=0.01,0.05",
+        "strategy.server_lr=1.0,0.5",
+        "logging.progress=false",
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert proc.returncode == 0, proc.stderr

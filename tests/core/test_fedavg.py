@@ -55,8 +55,13 @@ def test_fedavg_round_equals_sample_weighted_average_of_client_models(epochs, ba
     start = copy.deepcopy(model)
     lr, seed = 0.3, 7
     sim = Simulation(
-        fed, model, FedAvg(), FullParticipation(), LocalTrainer(lr=lr, epochs=epochs, batch_size=batch_size),
-        rounds=1, seed=seed,
+        fed,
+        model,
+        FedAvg(),
+        FullParticipation(),
+        LocalTrainer(lr=lr, epochs=epochs, batch_size=batch_size),
+        rounds=1,
+        seed=seed,
     )
     sim.run()
 

@@ -24,7 +24,7 @@ def test_flat_model_parameters_are_views_into_one_vector():
     flat.load(torch.zeros(flat.layout.size))
     assert all(float(p.detach().abs().sum()) == 0 for p in module.parameters())
     module[0].weight.data.fill_(1.0)
-    assert float(flat.vector[: 12].sum()) == 12.0
+    assert float(flat.vector[:12].sum()) == 12.0
     module.train()
     module(torch.randn(5, 3))  # BatchNorm updates running stats in place: in the vector
     assert float(flat.vector[n_params:].abs().sum()) > 0
@@ -32,8 +32,18 @@ def test_flat_model_parameters_are_views_into_one_vector():
 
 def test_derived_streams_depend_only_on_their_keys():
     assert derive_seed(0, "sampler", 3) == derive_seed(0, "sampler", 3)
-    assert len({derive_seed(0, "sampler", 3), derive_seed(1, "sampler", 3), derive_seed(0, "batches", 3),
-                derive_seed(0, "sampler", 4), derive_seed(0, "sampler", 3, 0)}) == 5
+    assert (
+        len(
+            {
+                derive_seed(0, "sampler", 3),
+                derive_seed(1, "sampler", 3),
+                derive_seed(0, "batches", 3),
+                derive_seed(0, "sampler", 4),
+                derive_seed(0, "sampler", 3, 0),
+            }
+        )
+        == 5
+    )
     a = numpy_rng(5, "x", 1).integers(0, 1 << 30, 4)
     b = numpy_rng(5, "x", 1).integers(0, 1 << 30, 4)
     assert (a == b).all()

@@ -36,7 +36,10 @@ def test_same_seed_same_metrics_and_model(compose_config, tmp_path):
 
 def test_partition_record_covers_every_sample(compose_config, tmp_path):
     cfg = compose_config(
-        "rounds=1", "logging.progress=false", "partition=dirichlet", "partition.num_clients=7",
+        "rounds=1",
+        "logging.progress=false",
+        "partition=dirichlet",
+        "partition.num_clients=7",
         "sampler.clients_per_round=5",
     )
     out = tmp_path / "run"
