@@ -9,11 +9,16 @@ client is a tensor of sample indices, so a client batch is an index gather, not 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from fedtorch.data.partitions import Partition
 
 
 class _TaskShape:
@@ -72,7 +77,9 @@ class FederatedDataset(_TaskShape):
     """Train data split across clients, plus the central test set.
 
     `client_indices[k]` holds the indices (into `train_x`/`train_y`) of client k's samples;
-    `client_test_indices[k]`, when present, indexes client k's own test split in `test_x`.
+    `client_test_indices[k]`, when present, indexes client k's own test split in `test_x`;
+    `client_names[k]` names client k; `partition_notes` is what the partitioner recorded about the
+    split (`fedtorch.data.partitions.Partition.notes`, e.g. the Dirichlet repair's moved samples).
     """
 
     name: str
@@ -85,20 +92,48 @@ class FederatedDataset(_TaskShape):
     client_test_indices: list[Tensor] | None = None
     client_names: list[str] | None = None
     extra: dict = field(default_factory=dict)
+    partition_notes: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_partition(
         cls,
         data: DatasetSplits,
-        partition: list[np.ndarray],
-        client_test_partition: list[np.ndarray] | None = None,
-        client_names: list[str] | None = None,
+        partition: Partition | Sequence[np.ndarray],
+        client_test_partition: Sequence[np.ndarray] | None = None,
+        client_names: Sequence[str] | None = None,
     ) -> FederatedDataset:
-        """Build a federation from a loader's splits and a partition of its train indices."""
-        to_tensor = [torch.as_tensor(np.asarray(p, dtype=np.int64)) for p in partition]
-        test = None
-        if client_test_partition is not None:
-            test = [torch.as_tensor(np.asarray(p, dtype=np.int64)) for p in client_test_partition]
+        """Build a federation from a loader's splits and a partition of its train indices.
+
+        Pass the `Partition` a partitioner returned, alone: its train indices, client test splits and
+        names are aligned by construction (and its coverage was checked against the train set's
+        size, which is checked here against `data`). A plain list of index arrays (and separate test
+        splits and names) is still accepted for hand-built federations, unchecked; test splits or
+        names passed beside a `Partition` that has its own must agree with them, so two different
+        client orders can never be mixed.
+        """
+        from fedtorch.data.partitions import Partition  # partitions imports this module
+
+        test = None if client_test_partition is None else [np.asarray(p) for p in client_test_partition]
+        names = None if client_names is None else [str(n) for n in client_names]
+        notes: dict[str, float] = {}
+        if isinstance(partition, Partition):
+            if partition.num_samples != len(data.train_y):
+                raise ValueError(
+                    f"{data.name}: the partition covers {partition.num_samples} train samples, the data has "
+                    f"{len(data.train_y)}: it was built for another dataset"
+                )
+            test = _agree("client test splits", partition.test, test)
+            names = _agree("client names", partition.names, names)
+            notes = dict(partition.notes)
+            partition = partition.train
+        if test is not None and len(test) != len(partition):
+            raise ValueError(f"{len(test)} client test splits for {len(partition)} clients: they must be aligned")
+        if names is not None and len(names) != len(partition):
+            raise ValueError(f"{len(names)} client names for {len(partition)} clients: they must be aligned")
+
+        def to_tensor(p: np.ndarray) -> Tensor:
+            return torch.tensor(np.asarray(p, dtype=np.int64))  # a copy: a Partition's arrays are read-only
+
         return cls(
             name=data.name,
             train_x=data.train_x,
@@ -106,9 +141,10 @@ class FederatedDataset(_TaskShape):
             test_x=data.test_x,
             test_y=data.test_y,
             num_classes=data.num_classes,
-            client_indices=to_tensor,
-            client_test_indices=test,
-            client_names=client_names,
+            client_indices=[to_tensor(p) for p in partition],
+            client_test_indices=None if test is None else [to_tensor(p) for p in test],
+            client_names=names,
+            partition_notes=notes,
         )
 
     @property
@@ -143,3 +179,16 @@ class FederatedDataset(_TaskShape):
         for k, ix in enumerate(self.client_indices):
             counts[k] = np.bincount(labels[ix.cpu().numpy()], minlength=self.num_classes)
         return counts
+
+
+def _agree(what: str, own: list[Any] | None, given: list[Any] | None) -> list[Any] | None:
+    """The Partition's own `what` unless it has none; one passed beside it must be the same."""
+    if own is None or given is None:
+        return own if own is not None else given
+    same = len(own) == len(given) and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(own, given))
+    if not same:
+        raise ValueError(
+            f"the {what} passed to FederatedDataset.from_partition differ from the Partition's own (which "
+            "are aligned with its clients): pass the Partition alone"
+        )
+    return own
