@@ -10,7 +10,6 @@ knows about Hydra and OmegaConf. Everything it builds is a plain Python object.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedtorch.checkpoint import CheckpointError
 from fedtorch.experiment import ConfigError, run_experiment
-from fedtorch.report import higher_is_better, metric_direction
+from fedtorch.objective import check_sweep_direction, objective_value
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -34,33 +33,6 @@ def fail(message: str) -> None:
     """One clear line on stderr, no traceback, exit status 2 (HYDRA_FULL_ERROR=1 shows the traceback)."""
     print(f"fedtorch: error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def objective_value(summary: dict, objective: str | None) -> float | None:
-    """The value a Hydra sweeper (Optuna) optimizes: the run's final `objective` metric.
-
-    A diverged run, or a non-finite value, scores the worst value for the metric's direction
-    (-inf when higher is better, else +inf): Optuna then records a bad trial and steers away,
-    where a NaN would fail the trial and, with Hydra's default max_failure_rate, the whole study.
-    """
-    if not objective:
-        return None
-    value = summary["metrics"].get(objective)
-    if value is None:
-        return None
-    if summary.get("diverged") or not math.isfinite(value):
-        return -math.inf if higher_is_better(objective) else math.inf
-    return float(value)
-
-
-def check_sweep_direction(objective: str | None, direction: object) -> None:
-    """Refuse a sweeper direction that contradicts the objective's name (maximizing a loss)."""
-    if not objective or direction is None or isinstance(direction, (list, tuple)) or OmegaConf.is_list(direction):
-        return
-    name = getattr(direction, "name", str(direction))
-    expected = metric_direction(objective)
-    if expected is not None and name != expected:
-        raise ConfigError("hydra.sweeper.direction", name, f"objective={objective} should be {expected}d")
 
 
 def export_submitit_distributed_env() -> None:
@@ -93,10 +65,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         check_sweep_direction(cfg.get("objective"), direction)
         choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra/")}
         summary = run_experiment(cfg, output_dir, overrides=list(hydra_cfg.overrides.task), choices=choices)
-        value = objective_value(summary, cfg.get("objective"))
-        if value is None and direction is not None:
-            logged = ", ".join(sorted(summary["metrics"]))
-            raise ConfigError("objective", cfg.get("objective"), f"the sweeper needs a metric the run logged: {logged}")
+        # A diverged trial scores the worst value for the sweeper's direction (see fedtorch.objective).
+        value = objective_value(summary, cfg.get("objective"), direction)
     except (ConfigError, CheckpointError) as error:
         # Raised inside the job, so it is reported here: Hydra would add a line of its own.
         if _SHOW_TRACEBACK:
