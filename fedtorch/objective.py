@@ -77,14 +77,14 @@ def objective_value(summary: Mapping[str, Any], objective: str | None, direction
         objective: the metric to optimize (`cfg.objective`, e.g. "eval/accuracy"); None: nothing.
         direction: the sweeper's `hydra.sweeper.direction`; None when no sweeper optimizes.
 
-    Returns None when there is nothing to optimize (no objective, or no optimizing sweeper); the
+    Returns None when there is nothing to optimize (no objective, no optimizing sweeper, a dry run); the
     worst value for `direction` when the run diverged or its objective is not finite (logged or
     not); else the metric as a float. Raises ConfigError on `objective` when a run that did not
     diverge never logged the metric: a misspelled objective, not a bad trial.
     """
     name = direction_name(direction)
-    if not objective or name is None:
-        return None
+    if not objective or name is None or summary.get("dry_run"):
+        return None  # nothing to optimize, no optimizing sweeper, or a dry run (nothing trained)
     value = summary.get("metrics", {}).get(objective)
     if summary.get("diverged"):
         return worst_value(name)

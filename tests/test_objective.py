@@ -39,6 +39,7 @@ def test_finished_runs_score_their_metric() -> None:
     assert objective_value(OK, "eval/accuracy", ["maximize"]) == 0.75
     assert objective_value(OK, None, "maximize") is None  # nothing to optimize
     assert objective_value(OK, "eval/accuracy", None) is None  # no optimizing sweeper
+    assert objective_value({**OK, "dry_run": True}, "eval/accuracy", "maximize") is None  # nothing trained
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize", Direction.minimize, Direction.maximize])
