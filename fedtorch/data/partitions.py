@@ -59,7 +59,7 @@ def _index_array(indices: Any, what: str) -> np.ndarray:
     return array
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing lists of arrays with == is ambiguous
 class Partition:
     """Who holds which samples: the result of every partitioner.
 
