@@ -126,19 +126,19 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         check_sweep_direction(cfg.get("objective"), direction)
         summary = run_experiment(cfg, runtime)
+        value = objective_value(summary, cfg.get("objective"), direction)
     except (ConfigError, CheckpointError) as error:
         # Raised inside the job, so it is reported here: Hydra would add a line of its own.
         remove_if_only_hydra(runtime.output_dir)
         if _SHOW_TRACEBACK:
             raise
         fail(str(error))
-    if summary.get("dry_run"):
-        remove_if_only_hydra(runtime.output_dir)
-        return None
     output = Path(summary.get("output_dir", runtime.output_dir))
-    if output != runtime.output_dir:
-        remove_if_only_hydra(runtime.output_dir)  # resumed another folder: this one holds only Hydra's files
-    return objective_value(summary, cfg.get("objective"), direction)
+    if summary.get("dry_run") or output != runtime.output_dir:
+        # A dry run writes nothing; a run that resumed another folder wrote there: this folder holds
+        # only what Hydra wrote.
+        remove_if_only_hydra(runtime.output_dir)
+    return value
 
 
 def main() -> None:

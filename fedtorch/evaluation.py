@@ -24,7 +24,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss and accuracy of `model` on (x, y), in eval mode, in large batches.
 
-    With `groups` (the client id of every test sample) the same single pass also yields each
+    With `groups` (the client id of every test sample, -1 for a sample of no client) the same
+    single pass also yields each
     client's own loss and accuracy, summarized by `client_fairness` as `clients/...` keys: the
     federated evaluation on per-client test splits, at the cost of one central evaluation.
     `loss_fn` must then accept `reduction="none"` (torch's functional losses do).
@@ -46,20 +47,21 @@ def evaluate(
                 correct += (out.argmax(-1) == yb).sum()
             continue
         gb = groups[start : start + batch_size]
+        owned = gb >= 0  # -1: a test sample of no client (counted centrally only)
         per_sample = loss_fn(out, yb, reduction="none").double()
         loss_sum += per_sample.sum()
-        group_loss.index_add_(0, gb, per_sample)
+        group_loss.index_add_(0, gb[owned], per_sample[owned])
         if classify:
             hits = out.argmax(-1) == yb
             correct += hits.sum()
-            group_correct.index_add_(0, gb, hits.double())
+            group_correct.index_add_(0, gb[owned], hits[owned].double())
     model.train(was_training)
     n = max(len(y), 1)
     result = {"loss": loss_sum.item() / n}
     if classify:
         result["accuracy"] = correct.item() / n
     if groups is not None:
-        sizes = torch.bincount(groups, minlength=num_groups).double()
+        sizes = torch.bincount(groups[groups >= 0], minlength=num_groups).double()
         present = (sizes > 0).cpu()
         per_client = [{"loss": float(v)} for v in (group_loss.cpu() / sizes.cpu().clamp(min=1))[present]]
         if classify:

@@ -44,7 +44,7 @@ from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
 from fedtorch.checkpoint import CheckpointError, ResumePlan, RunFolderLock, plan_resume, remove_temporaries
 from fedtorch.compression import CommunicationMeter
 from fedtorch.data.base import DatasetSplits, FederatedDataset
-from fedtorch.data.partitions import natural_partition, partition_stats
+from fedtorch.data.partitions import partition_stats
 from fedtorch.errors import OptionError
 from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.pipeline import UpdateTransform
@@ -212,21 +212,14 @@ def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetS
 
 
 def federate(data: DatasetSplits, partitioner: Any, seed: int) -> FederatedDataset:
-    """Split `data` across clients; the natural partition keeps each client's test split and name."""
+    """Split `data` across clients; the partition is checked for exact coverage when it is built."""
     try:
-        parts = partitioner(data, numpy_rng(seed, "partition"))
+        partition = partitioner(data, numpy_rng(seed, "partition"))
     except OptionError:
         raise
     except ValueError as error:
         raise ConfigError("partition", type(partitioner).__name__, " ".join(str(error).split())) from error
-    test_parts = None
-    names = None
-    natural = getattr(partitioner, "natural", type(partitioner).__name__ == "Natural")
-    if natural:
-        names = data.group_names
-        if data.test_groups is not None:
-            test_parts = natural_partition(data.test_groups, num_groups=len(parts))
-    return FederatedDataset.from_partition(data, parts, test_parts, names)
+    return FederatedDataset.from_partition(data, partition)
 
 
 def subsample_test_set(fed: FederatedDataset, max_samples: int, rng: np.random.Generator) -> FederatedDataset:
@@ -259,7 +252,12 @@ def partition_record(fed: FederatedDataset) -> dict[str, Any]:
     """client -> number of samples (per label for classification), for `partition.json`."""
     counts = fed.label_counts() if fed.is_classification else None
     stats = partition_stats(counts if counts is not None else fed.client_sizes().reshape(-1, 1))
-    record: dict[str, Any] = {"num_clients": fed.num_clients, "stats": stats, "clients": {}}
+    record: dict[str, Any] = {
+        "num_clients": fed.num_clients,
+        "stats": stats,
+        "notes": dict(fed.partition_notes),  # e.g. what Dirichlet's min_size repair moved
+        "clients": {},
+    }
     for k, ix in enumerate(fed.client_indices):
         name = fed.client_names[k] if fed.client_names else str(k)
         entry: dict[str, Any] = {"num_samples": len(ix)}

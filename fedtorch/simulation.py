@@ -310,7 +310,8 @@ class Simulation:
         return metrics
 
     def _test_groups(self) -> Tensor | None:
-        """Client id of every central test sample, when the test set is the union of client splits."""
+        """Client id of every central test sample (-1 for a sample of no client), when clients have
+        their own test splits: per-client metrics are over each client's own samples."""
         if not hasattr(self, "_test_group_cache"):
             fed = self.federation
             groups = None
@@ -318,8 +319,6 @@ class Simulation:
                 groups = torch.full((len(fed.test_y),), -1, dtype=torch.int64, device=self.device)
                 for k, ix in enumerate(fed.client_test_indices):
                     groups[ix] = k
-                if bool((groups < 0).any()):
-                    groups = None  # some test samples belong to no client: no per-client view
             self._test_group_cache = groups
         return self._test_group_cache
 

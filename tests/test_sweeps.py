@@ -7,7 +7,6 @@ submitit launchers, Optuna sweeper) and are skipped without it.
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import socket
@@ -19,7 +18,6 @@ import pytest
 import yaml
 
 from fedtorch.experiment import ConfigError, available_cores, threads_per_run
-from fedtorch.objective import check_sweep_direction, objective_value
 from fedtorch.report import metric_direction, parse_overrides
 from tests.conftest import run_cli
 
@@ -67,32 +65,6 @@ def test_num_threads_is_validated(compose_config):
 
 
 # -- what a sweeper optimizes ----------------------------------------------------------------------
-def test_objective_value_scores_diverged_runs_worst():
-    ok = {"metrics": {"eval/accuracy": 0.75, "eval/loss": 0.5}, "diverged": False}
-    assert objective_value(ok, "eval/accuracy") == 0.75 and objective_value(ok, "eval/loss") == 0.5
-    assert objective_value(ok, None) is None and objective_value(ok, "eval/missing") is None
-    diverged = {"metrics": {"eval/accuracy": 0.1, "eval/loss": math.nan}, "diverged": True}
-    # The worst value follows the sweeper's declared direction, never the metric's name.
-    assert objective_value(diverged, "eval/accuracy", "maximize") == -math.inf
-    assert objective_value(diverged, "eval/loss", "minimize") == math.inf
-    assert objective_value(diverged, "attack/backdoor_success", "maximize") == -math.inf
-    assert objective_value({"metrics": {"eval/loss": math.nan}}, "eval/loss", "minimize") == math.inf
-    # Diverged before its first evaluation: the metric was never logged, the trial still scores worst.
-    assert objective_value({"metrics": {}, "diverged": True}, "eval/accuracy", "maximize") == -math.inf
-
-
-def test_sweep_direction_must_agree_with_the_objective():
-    check_sweep_direction("eval/accuracy", "maximize")
-    check_sweep_direction("eval/loss", "minimize")
-    check_sweep_direction("server/update_norm", "maximize")  # the name does not say: allowed
-    check_sweep_direction("eval/loss", None)  # no sweeper direction (basic sweeper)
-    check_sweep_direction("eval/loss", ["maximize", "minimize"])  # multi-objective: not checked
-    with pytest.raises(ConfigError, match="objective=eval/loss should be minimized"):
-        check_sweep_direction("eval/loss", "maximize")
-    with pytest.raises(ConfigError, match="objective=eval/accuracy should be maximized"):
-        check_sweep_direction("eval/accuracy", "minimize")
-
-
 def test_a_multi_task_submitit_job_gets_torchruns_environment(monkeypatch):
     """tasks_per_node > 1: each task is one rank of a distributed run, as if torchrun had started it."""
     pytest.importorskip("submitit")

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from fedtorch.data.base import DatasetSplits
-from fedtorch.data.partitions import IID, Natural
+from fedtorch.data.partitions import IID, Natural, Partition
 
 log = logging.getLogger("fedtorch")
 
@@ -26,11 +26,9 @@ class Auto:
 
     def __init__(self, num_clients: int = 100) -> None:
         self.num_clients = num_clients
-        self.natural = False  # which one it chose, once called
 
-    def __call__(self, data: DatasetSplits, rng: np.random.Generator) -> list[np.ndarray]:
-        self.natural = data.train_groups is not None
-        if self.natural:
+    def __call__(self, data: DatasetSplits, rng: np.random.Generator) -> Partition:
+        if data.train_groups is not None:
             log.info("partition=auto: %s comes with its own clients (partition=natural)", data.name)
             return Natural()(data, rng)
         num_clients = min(self.num_clients, len(data.train_y))

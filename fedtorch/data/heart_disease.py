@@ -14,17 +14,28 @@ owkin/FLamby flamby/datasets/fed_heart_disease/dataset.py):
   * one-hot encode chest-pain type `cp` (1-4) and `restecg` (0-2), dropping the first level, which
     gives 13 features in FLamby's (pandas.get_dummies) order: age, sex, trestbps, chol, fbs,
     thalach, exang, oldpeak, cp_2, cp_3, cp_4, restecg_1, restecg_2;
-  * split every hospital into train/test with FLamby's sizes: n_train = floor(0.66 n), stratified on
-    the binary label (199/104, 172/89, 30/16, 85/45; 486 train and 254 test patients). FLamby draws
-    its split with scikit-learn's `train_test_split(random_state=43)`; we do not depend on
-    scikit-learn, so our stratified draw (numpy, seeded by `seed` and the hospital) has the same
-    sizes and class balance but not the same patients;
+  * split every hospital into train/test with FLamby's sizes, n_train = floor(0.66 n) (199/104,
+    172/89, 30/16, 85/45; 486 train and 254 test patients), in one of two ways (`split`):
+      - `split="flamby"`: FLamby's own split, patient for patient. FLamby draws it with
+        scikit-learn's `train_test_split(random_state=43)`, stratified on the binary label only
+        where both classes have more than 2 patients; `_flamby_split` reproduces that procedure
+        with NumPy's legacy RandomState (no scikit-learn needed), checked against FLamby's code.
+        Switzerland (45 positive, 1 negative) is therefore split at random: with seed 43 its one
+        negative patient is a test patient, so its train split has no negative case at all.
+      - `split="stratified"` (the default, fedtorch's draw): stratified in every hospital by the
+        largest-remainder rule, with NumPy's Generator seeded by (`seed`, hospital). Same sizes and,
+        where FLamby stratifies, the same class balance, but other patients; and Switzerland is
+        stratified too, which always puts its single negative case in train (0.65 of a patient
+        rounds up), so its test split is all positive. Results on Switzerland (and the pooled
+        metrics) differ between the two splits for that reason alone;
   * standardize with the statistics of the hospital's own train split (`normalize="center"`,
     FLamby's federated setting; unbiased std), or of the pooled train split (`"pooled"`, FLamby's
     pooled baseline), or not at all (`"none"`). Train statistics only, so nothing leaks from test.
     FLamby divides by std + 1e-9; where a hospital's train column is constant (e.g. Switzerland's
     `chol`, recorded as 0 for every patient) we divide by 1 instead, so an unusual test value cannot
-    blow up to 1e9.
+    blow up to 1e9. On FLamby's split no test value differs from a constant train column, so the
+    two rules give the same features; they also agree elsewhere up to float32 rounding (FLamby
+    computes its statistics in float32, we in float64 and round once at the end).
 
 `preprocessing="impute"` keeps all 920 patients and the 13 raw attributes (categorical codes left as
 numbers): every `?` becomes the mean of that column over the same hospital's train split (the pooled
@@ -32,7 +43,11 @@ train mean where that split never records it, and 0 if no train split does), the
 standardization. Use it to study the full, more heterogeneous federation.
 
 Labels are int64 in {0, 1} with `num_classes=2` (train with cross-entropy on 2 logits, equivalent to
-FLamby's logistic regression with a sigmoid). Groups: hospital id 0-3 on train and test.
+FLamby's logistic regression with a sigmoid; FLamby's labels are float32). Groups: hospital id 0-3 on
+train and test. Patients keep their file order within each hospital and split (FLamby's too).
+
+Files: `<root>/heart_disease/processed.<hospital>.data`. With `download=True` a missing file is
+fetched from the UCI repository and checked against FLamby's published md5 (`fedtorch.data.download`).
 """
 
 from __future__ import annotations
@@ -45,6 +60,8 @@ import numpy as np
 import torch
 
 from fedtorch.data.base import DatasetSplits
+from fedtorch.data.download import fetch
+from fedtorch.errors import OptionError
 
 HOSPITALS: tuple[str, ...] = ("cleveland", "hungarian", "switzerland", "va")
 RAW_COLUMNS: tuple[str, ...] = (
@@ -118,6 +135,63 @@ def _stratified_split(labels: np.ndarray, train_fraction: float, rng: np.random.
     return mask
 
 
+def _approximate_mode(counts: np.ndarray, draws: int, rs: np.random.RandomState) -> np.ndarray:
+    """How many of `draws` samples to take from each class: largest remainder, random tie-break.
+
+    The rule scikit-learn's StratifiedShuffleSplit uses (its `_approximate_mode`), written out so
+    that FLamby's split can be reproduced without scikit-learn: floor every class's proportional
+    share, then give the samples still missing to the classes with the largest remainders; among
+    classes with equal remainders, `rs.choice` picks which ones, always called (even when every tied
+    class is taken) so that the random stream advances exactly as scikit-learn's does.
+    """
+    share = counts / counts.sum() * draws
+    taken = np.floor(share)
+    missing = int(draws - taken.sum())
+    if missing > 0:
+        remainder = share - taken
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            now = min(len(tied), missing)
+            taken[rs.choice(tied, size=now, replace=False)] += 1
+            missing -= now
+            if missing == 0:
+                break
+    return taken.astype(np.int64)
+
+
+def _flamby_split(labels: np.ndarray, train_fraction: float, seed: int) -> np.ndarray:
+    """Boolean train mask: FLamby's split of one hospital, patient for patient.
+
+    FLamby (`HeartDiseaseRaw`) calls scikit-learn's `train_test_split(np.arange(n), test_size=1 -
+    train_fraction, train_size=train_fraction, random_state=43, shuffle=True, stratify=...)` for each
+    hospital, stratified on the binary label only when both classes have more than 2 patients (so
+    Switzerland, with a single negative case, is split at random). That procedure, with NumPy's
+    legacy `RandomState` stream (frozen across NumPy versions):
+      * sizes: n_test = ceil((1 - f) n), n_train = floor(f n); a patient in neither split (possible
+        only through rounding) is a train patient, as in FLamby, which marks "test" and else "train";
+      * not stratified: one permutation of 0..n-1; its first n_test entries are the test patients;
+      * stratified (scikit-learn's StratifiedShuffleSplit): per-class train counts by
+        `_approximate_mode(class counts, n_train)`, test counts by the same rule on what is left,
+        then for each class in label order a permutation of its patients (ascending) whose first
+        train-count entries train and the next test-count entries test.
+    """
+    n = len(labels)
+    n_test = math.ceil((1.0 - train_fraction) * n)
+    n_train = math.floor(train_fraction * n)
+    rs = np.random.RandomState(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    is_test = np.zeros(n, dtype=bool)
+    if len(classes) > 1 and counts.min() > 2:
+        train_counts = _approximate_mode(counts, n_train, rs)
+        test_counts = _approximate_mode(counts - train_counts, n_test, rs)
+        for c, n_c, train_c, test_c in zip(classes, counts, train_counts, test_counts, strict=True):
+            members = np.flatnonzero(labels == c)[rs.permutation(n_c)]
+            is_test[members[train_c : train_c + test_c]] = True
+    else:
+        is_test[rs.permutation(n)[:n_test]] = True
+    return ~is_test
+
+
 def _standardize(x: np.ndarray, stats_from: np.ndarray) -> np.ndarray:
     mean = stats_from.mean(axis=0)
     std = stats_from.std(axis=0, ddof=1) if len(stats_from) > 1 else np.zeros(x.shape[1])
@@ -132,6 +206,8 @@ def load_heart_disease(
     normalize: str = "center",
     train_fraction: float = 0.66,
     seed: int = 43,
+    split: str = "stratified",
+    download: bool = False,
 ) -> DatasetSplits:
     """Fed-Heart-Disease (FLamby): 4 hospitals, 13 features, binary label; see the module docstring.
 
@@ -140,14 +216,20 @@ def load_heart_disease(
         preprocessing: "flamby" (740 complete patients, one-hot cp/restecg) or "impute" (all 920).
         normalize: "center" (each hospital's train statistics), "pooled" or "none".
         train_fraction: share of every hospital's patients in its train split (FLamby: 0.66).
-        seed: seed of the per-hospital stratified split.
+        seed: seed of the per-hospital split (FLamby's random_state: 43).
+        split: "stratified" (fedtorch's draw) or "flamby" (FLamby's patients, exactly).
+        download: fetch missing files from the UCI repository (md5-checked) when online.
     """
     if preprocessing not in ("flamby", "impute"):
-        raise ValueError(f"heart_disease: preprocessing={preprocessing!r}; allowed: 'flamby', 'impute'")
+        raise OptionError("dataset.preprocessing", preprocessing, "flamby or impute")
     if normalize not in ("center", "pooled", "none"):
-        raise ValueError(f"heart_disease: normalize={normalize!r}; allowed: 'center', 'pooled', 'none'")
+        raise OptionError("dataset.normalize", normalize, "center, pooled or none")
     if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"heart_disease: train_fraction={train_fraction} must be in (0, 1)")
+        raise OptionError("dataset.train_fraction", train_fraction, "a number in (0, 1)")
+    if split not in ("stratified", "flamby"):
+        raise OptionError("dataset.split", split, "stratified (fedtorch's draw) or flamby (FLamby's patients)")
+    if download:
+        fetch("heart_disease", _resolve_root(root))
     raw = read_heart_disease_raw(root)
 
     xs, ys, masks = [], [], []
@@ -159,7 +241,10 @@ def load_heart_disease(
         y = (num > 0).astype(np.int64)
         xs.append(x)
         ys.append(y)
-        masks.append(_stratified_split(y, train_fraction, np.random.default_rng([seed, k])))
+        if split == "flamby":
+            masks.append(_flamby_split(y, train_fraction, seed))  # FLamby: the same random_state in every hospital
+        else:
+            masks.append(_stratified_split(y, train_fraction, np.random.default_rng([seed, k])))
 
     if preprocessing == "impute":
         observed = [np.where(np.isnan(x[m]), 0.0, x[m]) for x, m in zip(xs, masks, strict=True)]

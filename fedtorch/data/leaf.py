@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from fedtorch.data.base import DatasetSplits
+from fedtorch.data.download import fetch
 from fedtorch.data.shakespeare import LEAF_CHARS, encode_chars
 
 SENT140_FILE = "leaf_sent140/all_data_niid_0_keep_30_test_9.json"
@@ -226,7 +227,8 @@ def read_leaf_json(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"leaf: cannot find {path.name} in {path.parent}; expected a LEAF JSON file there. Point data_dir=... "
-            "(or $FEDTORCH_DATA) at the data folder, or set the dataset's file= option."
+            "(or $FEDTORCH_DATA) at the data folder, or set the dataset's file= option. LEAF files have no single "
+            "official download: LEAF's scripts build them (for Sent140: python -m fedtorch.data.download sent140)"
         )
     with path.open(encoding="utf-8") as f:
         data = json.load(f)
@@ -331,11 +333,16 @@ def load_sent140(
     min_samples: int = 0,
     max_users: int | None = None,
     seed: int = 0,
+    download: bool = False,
 ) -> DatasetSplits:
     """LEAF Sent140 (binary tweet sentiment, one client per Twitter user); default: 1,000-word bag of words.
 
-    Same arguments as `load_leaf`; `featurizer` defaults to `Sent140BagOfWords()`.
+    Same arguments as `load_leaf`; `featurizer` defaults to `Sent140BagOfWords()`. There is no
+    official file to download: with `download=True` a missing file raises the steps that build it
+    with LEAF's scripts (`fedtorch.data.download.SENT140_HOWTO`).
     """
+    if download and not _resolve(root, file).is_file():
+        fetch("sent140", root or ".")  # raises DownloadError with the LEAF steps
     return load_leaf(
         root=root,
         file=file,

@@ -19,10 +19,7 @@ against the file size, so a truncated or corrupt file fails with a message namin
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
-import shutil
-import urllib.request
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +27,7 @@ import numpy as np
 import torch
 
 from fedtorch.data.base import DatasetSplits
+from fedtorch.data.download import fetch
 
 _FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -38,33 +36,10 @@ _FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-# (folder under root, mean, std, mirrors, md5 of the official .gz files). The md5s are the ones
-# torchvision checks; the mirrors are the ones it uses (yann.lecun.com often refuses downloads).
+# (folder under root, mean, std); the files' mirrors and md5s are in fedtorch.data.download.
 _DATASETS = {
-    "mnist": (
-        "MNIST",
-        0.1307,
-        0.3081,
-        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-        {
-            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-        },
-    ),
-    "fashion_mnist": (
-        "FashionMNIST",
-        0.2860,
-        0.3530,
-        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        {
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-        },
-    ),
+    "mnist": ("MNIST", 0.1307, 0.3081),
+    "fashion_mnist": ("FashionMNIST", 0.2860, 0.3530),
 }
 
 # IDX type codes (third byte of the magic number) -> numpy big-endian dtypes.
@@ -136,37 +111,11 @@ def _load_arrays(folder: str, mtimes: tuple[float, ...]) -> dict[str, np.ndarray
     return arrays
 
 
-def download_idx_dataset(dataset: str, root: str | os.PathLike | None = None) -> Path:
-    """Fetch the official gzipped IDX files into <root>/<Folder>/raw, checking their md5s."""
-    folder_name, _, _, mirrors, md5s = _DATASETS[dataset]
-    folder = resolve_root(root) / folder_name / "raw"
-    folder.mkdir(parents=True, exist_ok=True)
-    for filename, md5 in md5s.items():
-        if _find(folder, filename.removesuffix(".gz")) is not None:
-            continue
-        target, errors = folder / filename, []
-        for mirror in mirrors:
-            try:
-                tmp = target.with_suffix(".part")
-                with urllib.request.urlopen(mirror + filename, timeout=60) as response, open(tmp, "wb") as out:
-                    shutil.copyfileobj(response, out)
-                digest = hashlib.md5(tmp.read_bytes(), usedforsecurity=False).hexdigest()
-                if digest != md5:
-                    raise ValueError(f"md5 {digest} != expected {md5}")
-                tmp.replace(target)
-                break
-            except (OSError, ValueError) as e:
-                errors.append(f"{mirror}{filename}: {e}")
-        else:
-            raise RuntimeError(f"could not download {filename}: " + "; ".join(errors))
-    return folder
-
-
 def _load(dataset: str, root: str | os.PathLike | None, download: bool, normalize: bool) -> DatasetSplits:
-    folder_name, mean, std, _, _ = _DATASETS[dataset]
+    folder_name, mean, std = _DATASETS[dataset]
     folder = resolve_root(root) / folder_name / "raw"
     if download:
-        download_idx_dataset(dataset, root)
+        fetch(dataset, resolve_root(root))  # only the missing files; raises one line when offline
     paths = [_find(folder, name) for name in _FILES.values()]
     if any(p is None for p in paths):
         missing = [name for name, p in zip(_FILES.values(), paths, strict=True) if p is None]
@@ -199,7 +148,7 @@ def load_mnist(root: str | None = None, download: bool = False, normalize: bool 
 
     Args:
         root: folder holding MNIST/raw (default $FEDTORCH_DATA, else ./data).
-        download: fetch the official files into root when they are missing (needs network).
+        download: fetch the official files into root when they are missing (needs network; md5-checked).
         normalize: standardize after scaling to [0, 1]; False leaves pixels in [0, 1].
     """
     return _load("mnist", root, download, normalize)

@@ -26,6 +26,9 @@ turn's text is every following line up to the next blank line. Choices, and wher
     keeps only the first samples of big roles, `max_clients` keeps a seeded random subset of roles
     (as LEAF samples users).
 
+File: `<root>/shakespeare/tinyshakespeare_input.txt`; `download=True` fetches it (md5-checked) from
+Karpathy's char-rnn repository when it is missing (`fedtorch.data.download`).
+
 Memory: x is int64 (N, 80), i.e. 640 bytes a sample; the whole text is ~1.0M samples (~650 MB).
 Use the size controls for small runs.
 """
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 
 from fedtorch.data.base import DatasetSplits
+from fedtorch.data.download import fetch
 
 LEAF_CHARS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
 """LEAF's Shakespeare vocabulary (80 characters); a character's index is its class id."""
@@ -96,6 +100,7 @@ def load_shakespeare(
     max_samples_per_client: int | None = None,
     max_clients: int | None = None,
     seed: int = 0,
+    download: bool = False,
 ) -> DatasetSplits:
     """Shakespeare next-character prediction with one client per role (see the module docstring).
 
@@ -107,15 +112,18 @@ def load_shakespeare(
         max_samples_per_client: keep only a role's first this-many samples (None: all).
         max_clients: keep a random subset of this many roles, drawn with `seed` (None: all).
         seed: seed of the role subset.
+        download: fetch tinyshakespeare (md5-checked) into root/shakespeare when it is missing.
 
     Returns int64 x of shape (N, seq_len), int64 y, num_classes = 80, natural groups on train and test.
     """
     folder = Path(root if root not in (None, "") else os.environ.get("FEDTORCH_DATA", "data")).expanduser()
     path = folder / "shakespeare" / _FILE
+    if download:
+        fetch("shakespeare", folder)  # only when missing; raises one line when offline
     if not path.is_file():
         raise FileNotFoundError(
             f"shakespeare: cannot find {_FILE} in {folder / 'shakespeare'}. Point data_dir=... "
-            "(or $FEDTORCH_DATA) at the folder that contains shakespeare/."
+            "(or $FEDTORCH_DATA) at the folder that contains shakespeare/, or set dataset.download=true when online."
         )
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"shakespeare: train_fraction={train_fraction} must be in (0, 1)")

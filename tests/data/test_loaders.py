@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -116,9 +117,9 @@ def test_idx_corruption_is_reported(tmp_path: Path) -> None:
         read_idx(bad_gzip)
 
 
-def test_download_checks_md5_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """download=True through a file:// mirror: files are fetched once, verified, then parsed."""
-    from fedtorch.data import mnist
+def test_download_reads_what_it_fetched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """download=True through a file:// mirror (synthetic Fashion-MNIST .gz files): fetched once, then parsed."""
+    from fedtorch.data import download
 
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -130,18 +131,18 @@ def test_download_checks_md5_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
     }
     for name, array in arrays.items():
         write_idx(mirror / name, array)
-    md5s = {name: hashlib.md5((mirror / name).read_bytes()).hexdigest() for name in arrays}
-    folder, mean, std, _, _ = mnist._DATASETS["fashion_mnist"]
-    monkeypatch.setitem(mnist._DATASETS, "fashion_mnist", (folder, mean, std, (mirror.as_uri() + "/",), md5s))
+    files = tuple(download.Remote(name, name, hashlib.md5((mirror / name).read_bytes()).hexdigest()) for name in arrays)
+    spec = download.Dataset("FashionMNIST/raw", (mirror.as_uri() + "/",), files)
+    monkeypatch.setitem(download.DATASETS, "fashion_mnist", spec)
 
     data = load_fashion_mnist(str(tmp_path / "root"), download=True)
     assert data.train_y.tolist() == [1, 2, 3, 4] and data.test_y.tolist() == [5, 6]
     assert data.train_x.max().item() == pytest.approx((1 - 0.2860) / 0.3530)
     assert sorted(p.name for p in (tmp_path / "root" / "FashionMNIST" / "raw").iterdir()) == sorted(arrays)
 
-    bad = {**md5s, "t10k-labels-idx1-ubyte.gz": "0" * 32}
-    monkeypatch.setitem(mnist._DATASETS, "fashion_mnist", (folder, mean, std, (mirror.as_uri() + "/",), bad))
-    with pytest.raises(RuntimeError, match="t10k-labels-idx1-ubyte.gz.*md5"):
+    bad = tuple(dataclasses.replace(r, md5="0" * 32) if r.name.startswith("t10k-labels") else r for r in files)
+    monkeypatch.setitem(download.DATASETS, "fashion_mnist", dataclasses.replace(spec, files=bad))
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz.*md5"):
         load_fashion_mnist(str(tmp_path / "other"), download=True)
     assert not (tmp_path / "other" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").exists()
 
@@ -196,6 +197,49 @@ def test_heart_disease_flamby() -> None:
     same = load_heart_disease(str(DATA))
     other = load_heart_disease(str(DATA), seed=0)
     assert torch.equal(same.train_x, data.train_x) and not torch.equal(other.train_x, data.train_x)
+
+
+FLAMBY_SPLIT = json.loads((Path(__file__).parent / "flamby_heart_disease_split.json").read_text())
+
+
+def test_approximate_mode_matches_scikit_learns_examples() -> None:
+    """The per-class draw counts of StratifiedShuffleSplit (scikit-learn's documented examples)."""
+    from fedtorch.data.heart_disease import _approximate_mode
+
+    def mode(counts: list[int], draws: int, seed: int) -> list[int]:
+        return _approximate_mode(np.array(counts), draws, np.random.RandomState(seed)).tolist()
+
+    assert mode([4, 2], 3, 0) == [2, 1]
+    assert mode([5, 2], 4, 0) == [3, 1]
+    assert mode([2, 2, 2, 1], 2, 0) == [0, 1, 1, 0]  # ties broken by the random stream
+    assert mode([2, 2, 2, 1], 2, 42) == [1, 1, 0, 0]
+
+
+def test_heart_disease_flamby_split_is_flambys_patient_for_patient() -> None:
+    """split=flamby: FLamby's own test patients (recorded by running FLamby's code), same features."""
+    need("heart_disease/processed.va.data")
+    from fedtorch.data.heart_disease import _flamby_features, _flamby_split
+
+    raw = read_heart_disease_raw(str(DATA))
+    data = load_heart_disease(str(DATA), split="flamby")
+    for k, hospital in enumerate(HOSPITALS):
+        reference = FLAMBY_SPLIT["hospitals"][hospital]
+        _, num = _flamby_features(raw[hospital])
+        train = _flamby_split((num > 0).astype(np.int64), 0.66, 43)
+        assert len(train) == reference["patients"]
+        assert np.flatnonzero(~train).tolist() == reference["test_positions"], hospital
+        for split, x, groups in (("train", data.train_x, data.train_groups), ("test", data.test_x, data.test_groups)):
+            sums = x[torch.from_numpy(groups == k)].double().sum(0).numpy()
+            assert np.allclose(sums, reference[f"{split}_feature_sums"], atol=1e-3), (hospital, split)
+    assert np.bincount(data.train_groups).tolist() == [199, 172, 30, 85]
+    # Switzerland has one negative patient: FLamby does not stratify it, and seed 43 puts it in test.
+    swiss_train, swiss_test = data.train_y[data.train_groups == 2], data.test_y[data.test_groups == 2]
+    assert (swiss_train == 0).sum() == 0 and (swiss_test == 0).sum() == 1
+    ours = load_heart_disease(str(DATA))  # fedtorch's stratified draw keeps it in train
+    assert (ours.train_y[ours.train_groups == 2] == 0).sum() == 1
+    assert (ours.test_y[ours.test_groups == 2] == 0).sum() == 0
+    with pytest.raises(ValueError, match="dataset.split='sklearn' is invalid"):
+        load_heart_disease(str(DATA), split="sklearn")
 
 
 def test_heart_disease_impute_keeps_everyone() -> None:
