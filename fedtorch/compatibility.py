@@ -8,7 +8,9 @@ a subclass overrides):
 - transforms (`fedtorch.pipeline.UpdateTransform`): `sum_only`, `needs_uniform_weights`,
   `needs_mean`;
 - aggregators: `needs_all_updates`, `min_updates`;
-- samplers: `size_biased`, `expected_cohort_size()`, `fixed_cohort_size()`.
+- samplers: `size_biased`, `expected_cohort_size()`, `fixed_cohort_size()`;
+- server modes (`fedtorch.servers`): `asynchronous`, `needs_clock`, `supports_central_dp`,
+  `concurrency`, `buffer_size` (`check_server`).
 
 `check_composition` reads the declarations and raises the first conflict as one `OptionError`
 (key, value, what is allowed), before any training or file writing. `weighting_for` decides the
@@ -22,9 +24,11 @@ from typing import Any
 
 from fedtorch.aggregators import Aggregator, WeightedMean
 from fedtorch.client import ClientUpdate, OptimizerSettings
+from fedtorch.clock import VirtualClock
 from fedtorch.errors import OptionError
 from fedtorch.pipeline import UpdateTransform, Weighting
-from fedtorch.samplers import ClientSampler
+from fedtorch.samplers import ClientSampler, UniformSampler
+from fedtorch.servers import ServerMode
 from fedtorch.strategies.base import Strategy
 
 
@@ -128,6 +132,100 @@ def check_composition(
             "a size-proportional sampler with sample-weighted averaging counts client size twice (the largest "
             "clients dominate the update); set strategy.weighted=false (Li et al. 2020, Scheme I) or use "
             "sampler=uniform",
+        )
+
+
+def check_server(
+    server: ServerMode,
+    clock: VirtualClock | None,
+    strategy: Strategy,
+    aggregator: Aggregator,
+    transforms: Sequence[UpdateTransform],
+    num_clients: int,
+    names: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise `OptionError` for a server mode (`fedtorch.servers`) that cannot run with the rest.
+
+    Deadlines, over-selection and asynchronous servers need the virtual clock, whose profiles must
+    describe the federation. An asynchronous server needs C <= clients and K <= C; it cannot follow
+    secure aggregation (whose masks need a cohort fixed before training), nor feed a reducer more
+    updates per step than the buffer holds, nor run strategies whose server half keeps state from a
+    synchronous round's individual updates. Central DP needs a public E[reports per step]: a
+    deadline makes it depend on device speed, and FedAsync's single-update steps are not covered.
+    """
+    names = dict(names or {})
+    mode = names.get("server", server.name)
+    if server.needs_clock and clock is None:
+        raise OptionError(
+            "clock",
+            names.get("clock", "none"),
+            f"server={mode} runs on the virtual clock: set clock=distributions or trace",
+        )
+    if clock is not None:
+        clock.check_federation(num_clients)
+    dp = [t for t in transforms if t.needs_mean]
+    if dp and not server.supports_central_dp:
+        raise OptionError(
+            "privacy",
+            names.get("privacy", "central DP"),
+            f"server={mode} steps on every single update; DP-FedAvg's noise per step is defined for buffers "
+            "(use server=fedbuff)",
+        )
+    if not server.asynchronous:
+        if dp and getattr(server, "deadline", None) is not None:
+            raise OptionError(
+                "server.deadline",
+                server.deadline,
+                "central DP divides by a public E[reports per round], and a deadline makes it depend on device "
+                "speed: use server.deadline=null (over-selection alone reports exactly K) or privacy=none",
+            )
+        return
+    concurrency, buffer = server.concurrency, server.buffer_size
+    if concurrency > num_clients:
+        raise OptionError(
+            "server.concurrency", concurrency, f"at most the number of clients in the federation ({num_clients})"
+        )
+    if buffer > concurrency:
+        raise OptionError(
+            "server.buffer_size",
+            buffer,
+            f"at most server.concurrency ({concurrency}): the buffer fills from the clients in flight",
+        )
+    for transform in transforms:
+        if transform.sum_only:
+            what = _describe(transform, names)
+            raise OptionError(
+                what.key,
+                what.value,
+                f"{what.text} masks within a cohort fixed before training, and a server={mode} buffer is known only "
+                "as its updates arrive (FedBuff's paper aggregates in a trusted enclave): turn it off",
+            )
+    reducer = type(aggregator).__name__
+    if aggregator.min_updates > buffer:
+        raise OptionError(
+            "strategy.aggregator",
+            reducer,
+            f"needs at least {aggregator.min_updates} updates per server step, but server.buffer_size={buffer}: "
+            "raise the buffer or lower strategy.aggregator.f",
+        )
+    if strategy.reads_updates or strategy.sets_weights or strategy.needs_fixed_cohort:
+        raise OptionError(
+            "strategy",
+            names.get("strategy", strategy.name),
+            f"its server half is derived for synchronous rounds (per-round state from individual updates); "
+            f"server={mode} takes the FedAvg/FedOpt family (fedavg, fedavgm, fedadam, fedyogi, fedadagrad) and fedprox",
+        )
+
+
+def check_async_sampler(sampler: ClientSampler, server: ServerMode, names: Mapping[str, Any] | None = None) -> None:
+    """An asynchronous server picks its own clients: refuse a sampler whose choices it would ignore."""
+    if server.asynchronous and (type(sampler) is not UniformSampler or sampler.heterogeneous):
+        names = dict(names or {})
+        raise OptionError(
+            "sampler",
+            names.get("sampler", type(sampler).__name__),
+            f"server={names.get('server', server.name)} dispatches its own clients (uniformly among the idle ones, "
+            "server.concurrency at a time): keep sampler=uniform without dropout or stragglers",
         )
 
 

@@ -39,9 +39,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fedtorch.asynchronous import AsynchronousSimulation
 from fedtorch.backends.distributed import agree_on_output_dir, init_process_group, launched_by_torchrun, rank
 from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
+from fedtorch.callbacks.virtual_time import VirtualTimeTensorBoard
 from fedtorch.checkpoint import CheckpointError, ResumePlan, RunFolderLock, plan_resume, remove_temporaries
+from fedtorch.compatibility import check_async_sampler
 from fedtorch.compression import CommunicationMeter
 from fedtorch.data.base import DatasetSplits, FederatedDataset
 from fedtorch.data.partitions import partition_stats
@@ -51,6 +54,7 @@ from fedtorch.pipeline import UpdateTransform
 from fedtorch.privacy.mechanisms import PrivacyMechanism
 from fedtorch.provenance import collect as collect_provenance
 from fedtorch.seeding import derive_seed, numpy_rng
+from fedtorch.servers import Synchronous
 from fedtorch.simulation import Simulation
 from fedtorch.validation import ConfigError, data_error, instantiation_error, resolve_device, validate
 
@@ -187,12 +191,12 @@ def _build(node: Any, key: str, **kwargs: Any) -> Any:
         raise instantiation_error(key, error) or error from error
 
 
-def _optional(cfg: DictConfig, group: str) -> Any:
-    """The object of an optional group (attack, compression, privacy, secagg), or None when off."""
+def _optional(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
+    """The object of an optional group (attack, compression, privacy, secagg, clock, server), or None when off."""
     node = cfg.get(group)
     if not node or node.get("_target_") is None:
         return None
-    return _build(node, group)
+    return _build(node, group, **kwargs)
 
 
 def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetSplits, FederatedDataset]:
@@ -304,6 +308,7 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
     compression = _optional(cfg, "compression")
     privacy: PrivacyMechanism = _optional(cfg, "privacy") or PrivacyMechanism()
     secagg = _optional(cfg, "secagg")
+    server = _optional(cfg, "server") or Synchronous()
     partitioner = part("partition")
 
     if "dataset" in given:
@@ -343,6 +348,10 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         counts = fed.label_counts() if fed.is_classification else fed.client_sizes().reshape(-1, 1)
         config_text = OmegaConf.to_yaml(cfg, resolve=True)
         callbacks.append(TensorBoard(run_dir, hparams=resolved, config_text=config_text, partition_counts=counts))
+    # The virtual clock needs the federation (one device profile per client).
+    clock = _optional(cfg, "clock", num_clients=fed.num_clients, seed=cfg.seed)
+    if clock is not None and cfg.logging.tensorboard:
+        callbacks.append(VirtualTimeTensorBoard(run_dir))
     if cfg.logging.metrics_file:
         callbacks.append(MetricsFile(run_dir / "metrics.jsonl"))
     if cfg.logging.progress:
@@ -355,13 +364,7 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
     if not writer:
         callbacks = []  # logs, checkpoints and the progress bar are rank 0's; its stop decision binds all
 
-    sim = Simulation(
-        train_fed,
-        model,
-        strategy,
-        sampler,
-        trainer,
-        rounds=cfg.rounds,
+    common = dict(
         seed=cfg.seed,
         device=p.device,
         eval_every=cfg.eval_every,
@@ -370,6 +373,16 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         callbacks=callbacks,
         names=p.resume.choices,
     )
+    sim: Simulation
+    if server.asynchronous:
+        check_async_sampler(sampler, server, p.resume.choices)
+        sim = AsynchronousSimulation(
+            train_fed, model, strategy, trainer, server=server, clock=clock, rounds=cfg.rounds, **common
+        )
+    else:
+        sim = Simulation(
+            train_fed, model, strategy, sampler, trainer, rounds=cfg.rounds, clock=clock, server=server, **common
+        )
     return Built(sim=sim, federation=fed, checkpointer=checkpointer, writer=writer)
 
 

@@ -135,6 +135,12 @@ class UpdateTransform:
     def on_update(self, update: ClientUpdate, record: StepRecord) -> ClientUpdate:
         return update
 
+    def upload_bytes(self, numel: int, current: int) -> int:
+        """Bytes an update of `numel` coordinates takes on the wire after this transform, given
+        `current` before it: what the virtual clock times an upload by, known before training.
+        An encoder whose payload size depends only on the update's length overrides it."""
+        return current
+
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         """Combine per-step state held by every process (distributed backend), like the aggregator."""
 
@@ -215,6 +221,16 @@ class UpdatePipeline:
         if self.sink is not None:
             self.sink.on_update(update)
         self.aggregator.add(update.delta, self.weighting(update), client_id=update.client_id)
+
+    def upload_bytes(self) -> int:
+        """Bytes one client's update takes on the wire as the transforms encode it (a compressor's
+        payload, else the dense delta): the virtual clock's upload size. Strategy tensors a client
+        attaches to its update (`update.extra`) are not included (the byte meter counts them)."""
+        numel = self.context.layout.size
+        size = numel * torch.empty((), dtype=self.context.dtype).element_size()
+        for transform in self.transforms:
+            size = transform.upload_bytes(numel, size)
+        return size
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         """Combine the partial step state of all processes (distributed backend)."""

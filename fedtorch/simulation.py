@@ -13,10 +13,20 @@
 `Simulation` owns the global weights (one flat vector), the update pipeline, the sampler and the
 callbacks; the `ClientRunner` owns the client side (data, worker model, trainer, client state).
 Every random stream derives from the root seed. The loop itself does no logging: callbacks do.
+
+With a virtual clock (`fedtorch.clock`) every round also has a duration: the selected clients'
+jobs are timed from their device profiles before anyone trains, and the server mode
+(`fedtorch.servers.Synchronous`) decides who counts: everyone (the round lasts as long as its
+slowest client), the clients that finish by a deadline (the others dropped, or reporting the
+partial work that fits, as in FedProx), or, with over-selection, the first K of ceil(f K) selected
+clients (Bonawitz et al. 2019). Only the clients that count are trained. Without a clock the
+round is exactly the protocol above. The asynchronous servers are
+`fedtorch.asynchronous.AsynchronousSimulation`, the same pieces around an event queue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -35,7 +45,8 @@ from fedtorch.callbacks.base import Callback
 from fedtorch.checkpoint.rng import rng_state, set_rng_state
 from fedtorch.client import ClientUpdate, LocalTrainer
 from fedtorch.client_state import ClientStateStore
-from fedtorch.compatibility import check_composition, uses_sample_weights, weighting_for
+from fedtorch.clock import JobTiming, VirtualClock, compute_units, step_metrics
+from fedtorch.compatibility import check_composition, check_server, uses_sample_weights, weighting_for
 from fedtorch.data.base import FederatedDataset
 from fedtorch.evaluation import evaluate, evaluate_per_client
 from fedtorch.pipeline import PipelineContext, StepFailed, UpdatePipeline, UpdateTransform
@@ -43,6 +54,7 @@ from fedtorch.privacy.accounting import sampling_of
 from fedtorch.runner import ClientJob, ClientRunner
 from fedtorch.samplers import ClientSampler, Cohort
 from fedtorch.seeding import numpy_rng
+from fedtorch.servers import RoundReports, ServerMode, Synchronous
 from fedtorch.strategies.base import Strategy, StrategyContext
 
 log = logging.getLogger("fedtorch")
@@ -86,11 +98,43 @@ class RoundStats:
 
 
 @dataclass
+class TimedRound:
+    """A synchronous round on the virtual clock: who was selected, who trains, and when it ended.
+
+    Attributes:
+        cohort: the selected clients (over-selection included): every one of them downloads.
+        jobs: the jobs of the clients whose update counts (trained), in id order.
+        timings: every selected client's job on the clock.
+        reports: the server mode's decision.
+        start: the virtual time the round started.
+        partial: kept clients that report only the partial work that fit before the deadline.
+    """
+
+    cohort: Cohort
+    jobs: list[ClientJob]
+    timings: dict[int, JobTiming]
+    reports: RoundReports
+    start: float
+    partial: int = 0
+
+    def metrics(self, clock: VirtualClock) -> dict[str, float]:
+        """`time/*` and `clock/*` (see `fedtorch.clock.step_metrics`), and who the server waited for:
+        `round/late` (no report by the round's end), `round/surplus` (over-selected clients that
+        finished after the first K), `round/partial` (kept with part of their local steps)."""
+        metrics = step_metrics(clock, self.start, self.reports.end, len(self.timings), self.timings)
+        metrics["round/late"] = float(len(self.reports.late))
+        metrics["round/surplus"] = float(len(self.reports.surplus))
+        metrics["round/partial"] = float(self.partial)
+        return metrics
+
+
+@dataclass
 class SimulationState:
     """What a simulation carries between rounds (and what a checkpoint must hold)."""
 
     round: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    virtual_time: float = 0.0  # seconds on the virtual clock at the end of the last round
 
 
 def expected_total_weight(
@@ -122,6 +166,9 @@ class Simulation:
         callbacks: observers (TensorBoard, metrics file, progress bar, checkpoints, ...).
         loss_fn: training and evaluation loss; default from the task.
         names: the config options the components were chosen by (for one-line refusals).
+        clock: device profiles that time every job (`fedtorch.clock.VirtualClock`); None: no
+            virtual time.
+        server: the synchronous server mode (deadline, over-selection); default: wait for everyone.
     """
 
     def __init__(
@@ -140,6 +187,8 @@ class Simulation:
         callbacks: Sequence[Callback] = (),
         loss_fn: Callable[..., Tensor] | None = None,
         names: Mapping[str, Any] | None = None,
+        clock: VirtualClock | None = None,
+        server: ServerMode | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.runner = ClientRunner(federation, model, trainer, strategy, seed, self.device, loss_fn, ClientStateStore())
@@ -156,6 +205,8 @@ class Simulation:
         self.loss_fn = self.runner.loss_fn
         self.callbacks = list(callbacks)
         self.backend = backend or SequentialBackend()
+        self.clock = clock
+        self.server = server if server is not None else Synchronous()
         self.state = SimulationState()
         self.stop_reason: str | None = None
         self.stop_message: str | None = None
@@ -163,6 +214,7 @@ class Simulation:
         transforms = list(transforms)
         sizes = self.runner.client_sizes()
         sampler.setup(sizes)
+        check_server(self.server, clock, strategy, strategy.aggregator, transforms, len(sizes), names)
         check_composition(strategy, strategy.aggregator, transforms, sampler, self.runner.optimizer, names)
         layout = self.flat.layout
         strategy.setup(
@@ -171,10 +223,7 @@ class Simulation:
         )
         self.pipeline = UpdatePipeline(transforms, strategy.aggregator, weighting_for(strategy, transforms), strategy)
         report = (1.0 - sampler.dropout) * math.prod(t.report_probability for t in transforms)
-        try:
-            sampling: Any = sampling_of(sampler)
-        except ValueError as error:  # only a privacy accountant needs it, and says so
-            sampling = str(error)
+        sampling = self.accounted_sampling(sampler)
         self.pipeline.setup(
             PipelineContext(
                 layout=layout,
@@ -196,6 +245,13 @@ class Simulation:
         )
         self.backend.setup(self.runner)
         self.backend.broadcast(self.global_vector)
+
+    def accounted_sampling(self, sampler: ClientSampler) -> Any:
+        """The sampling scheme a privacy accountant composes per step, or why there is none."""
+        try:
+            return sampling_of(sampler)
+        except ValueError as error:  # only a privacy accountant needs it, and says so
+            return str(error)
 
     # -- what callbacks read (fedtorch.callbacks.base.RunView) ---------------------------------
     @property
@@ -232,17 +288,27 @@ class Simulation:
         job = ClientJob(client_id=int(client_id), round=round_idx, max_steps=max_steps)
         return self.runner.run(job, self.global_vector, self.strategy.configure_round(round_idx))
 
+    def download_bytes(self, payload: Mapping[str, Tensor]) -> int:
+        """What each client downloads: the global model and the strategy's payload, dense."""
+        download = self.global_vector.numel() * self.global_vector.element_size()
+        return download + sum(t.numel() * t.element_size() for t in payload.values())
+
     def run_round(self, round_idx: int) -> dict[str, float]:
         """Run round `round_idx` (1-based) and return its metrics."""
         start = time.perf_counter()
         cohort = self.sample(round_idx)
         payload = self.strategy.configure_round(round_idx)
-        download = self.global_vector.numel() * self.global_vector.element_size()
-        download += sum(t.numel() * t.element_size() for t in payload.values())
+        download = self.download_bytes(payload)
+        jobs = self.jobs(round_idx, cohort)
+        timed: TimedRound | None = None
+        if self.clock is not None:
+            # Timed before anyone trains: only the clients the server mode keeps are trained.
+            timed = self.schedule(round_idx, cohort, download)
+            cohort, jobs = timed.cohort, timed.jobs
         self.strategy.begin_round(round_idx, cohort.ids)
         self.pipeline.begin(round_idx, cohort.ids, download_bytes=download)
         stats = RoundStats.zeros(self.device)
-        for update in self.backend.train(self.jobs(round_idx, cohort), self.global_vector, payload):
+        for update in self.backend.train(jobs, self.global_vector, payload):
             stats.add(update)
             self.pipeline.accept(update)
         self.backend.reduce([self.pipeline, self.strategy, self.runner.state, stats])
@@ -257,6 +323,23 @@ class Simulation:
             )
         server_metrics = self.strategy.apply(round_idx, aggregate)
 
+        metrics = self.training_metrics(stats)
+        if self.sampler.heterogeneous:
+            metrics["round/dropped"] = float(cohort.dropped)
+            metrics["round/stragglers"] = float(cohort.stragglers)
+        # Bare strategy keys go under server/; transforms name their own section (privacy/, comm/).
+        metrics.update({(k if "/" in k else f"server/{k}"): v for k, v in server_metrics.items()})
+        metrics.update(self.pipeline.step_metrics())
+        if timed is not None:
+            metrics.update(timed.metrics(self.clock))
+            self.state.virtual_time = timed.reports.end
+        if round_idx % self.eval_every == 0 or round_idx == self.rounds:
+            metrics.update(self.evaluate())
+        metrics["round/seconds"] = time.perf_counter() - start
+        return metrics
+
+    def training_metrics(self, stats: RoundStats) -> dict[str, float]:
+        """The step's local-training statistics (`train/*`, `round/clients|samples|local_steps`)."""
         metrics: dict[str, float] = {}
         if stats.samples > 0:
             metrics["train/loss"] = float(stats.loss_sum) / stats.samples
@@ -265,16 +348,103 @@ class Simulation:
         metrics["round/clients"] = float(stats.clients)
         metrics["round/samples"] = float(stats.samples)
         metrics["round/local_steps"] = float(stats.steps)
-        if self.sampler.heterogeneous:
-            metrics["round/dropped"] = float(cohort.dropped)
-            metrics["round/stragglers"] = float(cohort.stragglers)
-        # Bare strategy keys go under server/; transforms name their own section (privacy/, comm/).
-        metrics.update({(k if "/" in k else f"server/{k}"): v for k, v in server_metrics.items()})
-        metrics.update(self.pipeline.step_metrics())
-        if round_idx % self.eval_every == 0 or round_idx == self.rounds:
-            metrics.update(self.evaluate())
-        metrics["round/seconds"] = time.perf_counter() - start
         return metrics
+
+    # -- rounds on the virtual clock -------------------------------------------------------------
+    def schedule(self, round_idx: int, cohort: Cohort, download: int) -> TimedRound:
+        """Time round `round_idx`'s jobs from the clock and let the server mode pick who counts.
+
+        The round starts when the last one ended; every selected client downloads model version
+        round_idx - 1 at that moment. Over-selection first adds ceil(f K) - K clients; a late
+        client in `late: partial` mode is given the local steps that fit before the deadline
+        (at least one, else it stays late).
+        """
+        clock, server = self.clock, self.server
+        assert clock is not None and isinstance(server, Synchronous)
+        start, version, target = self.state.virtual_time, round_idx - 1, len(cohort.ids)
+        cohort = self.over_select(round_idx, cohort)
+        jobs = {job.client_id: job for job in self.jobs(round_idx, cohort)}
+        upload = self.pipeline.upload_bytes()
+        timings = {k: self.time_job(job, version, start, download, upload) for k, job in jobs.items()}
+        reports = server.reports(timings, start, target)
+        partial: list[int] = []
+        if server.late == "partial" and server.deadline is not None and reports.late:
+            deadline = start + server.deadline
+            for k in reports.late:
+                steps = self.steps_that_fit(jobs[k], version, start, deadline, download, upload)
+                if steps >= 1:
+                    jobs[k] = dataclasses.replace(jobs[k], max_steps=steps)
+                    timing = self.time_job(jobs[k], version, start, download, upload)
+                    # Float rounding may put a job that exactly fits a hair past the deadline.
+                    if deadline < timing.end <= deadline * (1 + 1e-12) + 1e-12:
+                        timing = dataclasses.replace(timing, end=deadline)
+                    timings[k] = timing
+                    partial.append(k)
+            reports = server.reports(timings, start, target)
+        if not reports.kept and timings and not any(t.finishes for t in timings.values()):
+            raise StepFailed(
+                f"round {round_idx}: none of the selected clients is ever online long enough to finish a job "
+                "(the availability trace has ended): set clock.period to repeat it"
+            )
+        kept = set(reports.kept)
+        return TimedRound(
+            cohort=cohort,
+            jobs=[job for k, job in sorted(jobs.items()) if k in kept],
+            timings=timings,
+            reports=reports,
+            start=start,
+            partial=sum(1 for k in partial if k in kept),
+        )
+
+    def time_job(self, job: ClientJob, version: int, start: float, download: int, upload: int) -> JobTiming:
+        """The clock's timing of `job` (its local steps, or sample visits, from the trainer's closed form)."""
+        assert self.clock is not None
+        steps = self.runner.num_steps(job)
+        size = int(self.runner.client_sizes()[job.client_id])
+        compute = compute_units(self.clock.unit, steps, size, self.trainer.batch_size)
+        return self.clock.job(job.client_id, version, start, compute, download, upload)
+
+    def steps_that_fit(
+        self, job: ClientJob, version: int, start: float, deadline: float, download: int, upload: int
+    ) -> int:
+        """The most local steps (at most the job's own) whose job still ends by `deadline`."""
+        assert self.clock is not None
+        fit = self.clock.compute_that_fits(job.client_id, version, start, deadline, download, upload)
+        full = self.runner.num_steps(job)
+        size = int(self.runner.client_sizes()[job.client_id])
+        low, high = 0, full  # the largest steps with compute_units(steps) <= fit, by bisection
+        while low < high:
+            mid = (low + high + 1) // 2
+            if compute_units(self.clock.unit, mid, size, self.trainer.batch_size) <= fit:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def over_select(self, round_idx: int, cohort: Cohort) -> Cohort:
+        """The cohort plus ceil(f K) - K more clients, uniformly from the others (Bonawitz et al. 2019).
+
+        The extra clients come from their own (seed, "over_selection", round) stream, so the sampler's
+        choice is the same with or without over-selection; they do their full local work.
+        """
+        server = self.server
+        assert isinstance(server, Synchronous)
+        num_clients = self.sampler.num_clients
+        extra = server.selected(len(cohort.ids), num_clients) - len(cohort.ids)
+        if extra <= 0:
+            return cohort
+        rng = numpy_rng(self.seed, "over_selection", round_idx)
+        chosen = set(cohort.ids.tolist())
+        added: list[int] = []
+        while len(added) < extra:  # rejection: O(extra) draws while the cohort is a small share
+            k = int(rng.integers(num_clients))
+            if k not in chosen:
+                chosen.add(k)
+                added.append(k)
+        ids = np.concatenate([cohort.ids, np.asarray(added, dtype=np.int64)])
+        work = np.concatenate([cohort.work, np.ones(extra)])
+        order = np.argsort(ids, kind="stable")
+        return Cohort(ids=ids[order], work=work[order], sampled=cohort.sampled + extra)
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -382,6 +552,9 @@ class Simulation:
             "diverged_round": self.state.round if self.stop_reason == "diverged" else None,
             "stop_reason": self.stop_reason,
         }
+        if self.clock is not None:
+            summary["server"] = self.server.name
+            summary["virtual_seconds"] = self.state.virtual_time
         if self.stop_message is not None:
             summary["message"] = self.stop_message
         return summary
@@ -422,6 +595,8 @@ class Simulation:
             "rng": rng_state(),
             "stop_reason": None if self.failed else self.stop_reason,
         }
+        if self.clock is not None:
+            state["virtual_time"] = self.state.virtual_time
         if hasattr(self.trainer, "state_dict"):
             state["trainer"] = self.trainer.state_dict()
         callbacks = {key: cb.state_dict() for key, cb in self._callback_keys()}
@@ -449,7 +624,11 @@ class Simulation:
         for key, callback in self._callback_keys():
             if key in saved_callbacks:
                 callback.load_state_dict(saved_callbacks[key])
-        self.state = SimulationState(round=int(state["round"]), history=[dict(row) for row in state["history"]])
+        self.state = SimulationState(
+            round=int(state["round"]),
+            history=[dict(row) for row in state["history"]],
+            virtual_time=float(state.get("virtual_time", 0.0)),
+        )
         self.stop_reason = state.get("stop_reason")
         self.stop_message = None
         set_rng_state(state["rng"])

@@ -48,6 +48,13 @@ class Compressor(UpdateTransform):
 
     def setup(self, context: PipelineContext) -> None:
         self.seed = context.seed
+        self._dtype = context.dtype
+
+    def upload_bytes(self, numel: int, current: int) -> int:
+        # Top-k's and QSGD's payloads have a size fixed by the update's length: encode zeros once.
+        if getattr(self, "_wire", None) is None:
+            self._wire = payload_bytes(self.encode(torch.zeros(numel, dtype=self._dtype), torch.Generator()))
+        return self._wire
 
     def begin(self, record: StepRecord) -> None:
         self._changed = set()

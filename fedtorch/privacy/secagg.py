@@ -266,6 +266,9 @@ class SecureAggregation(UpdateTransform):
         update.delta = torch.zeros_like(update.delta)  # the server never sees the update itself
         return update
 
+    def upload_bytes(self, numel: int, current: int) -> int:
+        return math.ceil(numel * self.modulus_bits / 8)  # one ring element per coordinate, packed
+
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         # Each process holds the masked sum of the clients it trained. int64 wrap-around in the
         # all_reduce is harmless: R divides 2^64.
