@@ -7,9 +7,9 @@ K arrivals the server steps (FedAsync: K = 1). One server step:
     begin        strategy.begin_round(step), pipeline.begin(step)
     repeat K times:
       dispatch   when nothing more arrives at the current virtual time, fill the free slots: clients
-                 drawn uniformly among the idle ones from the (seed, "sampler", step) stream (the
-                 stream a synchronous round `step` samples from); each downloads version v = step - 1
-                 and its job is timed by the clock (arrival = the end of its upload)
+                 drawn uniformly among the idle ones from the (seed, "sampler", step) stream, as a
+                 synchronous round `step` draws its cohort; each downloads version v = step - 1 and
+                 its job is timed by the clock (arrival = the end of its upload)
       arrive     the next event by (virtual time, client id); its staleness is v - the version it
                  downloaded; its update goes through the pipeline: the transforms (the staleness
                  weighting after the client-side ones), the aggregator
@@ -203,10 +203,19 @@ class AsynchronousSimulation(Simulation):
         free = self.server.concurrency - len(self.in_flight)
         if free <= 0:
             return 0
-        idle = np.flatnonzero(~self.busy)
-        if len(idle) == 0:
-            return 0
-        chosen = np.sort(self.dispatch_stream(step).choice(idle, size=min(free, len(idle)), replace=False))
+        stream = self.dispatch_stream(step)
+        # Drawn as a synchronous round draws its cohort (uniformly, without replacement, from every
+        # client: O(free)); busy candidates are replaced by a draw among the idle ones. By symmetry
+        # the result is a uniform draw among the idle clients.
+        candidates = stream.choice(len(self.busy), size=free, replace=False)
+        chosen = candidates[~self.busy[candidates]]
+        if len(chosen) < len(candidates):
+            idle = ~self.busy
+            idle[chosen] = False
+            rest = np.flatnonzero(idle)
+            more = stream.choice(rest, size=min(free - len(chosen), len(rest)), replace=False)
+            chosen = np.concatenate([chosen, more])
+        chosen = np.sort(chosen)
         started = 0
         for k in chosen.tolist():
             timing = self.time_job(ClientJob(k, version + 1), version, self.now, download, self._upload)
