@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +51,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from fedtorch.backends.base import Backend
-from fedtorch.callbacks.base import Callback
 from fedtorch.client import ClientUpdate, LocalTrainer
 from fedtorch.clock import JobTiming, VirtualClock, step_metrics
 from fedtorch.data.base import FederatedDataset
@@ -115,8 +113,9 @@ class AsynchronousSimulation(Simulation):
     """FedAsync or FedBuff on the virtual clock (`server`: a `fedtorch.servers.Asynchronous`).
 
     Takes `Simulation`'s arguments, without a sampler (the server dispatches its own clients) and
-    with the server mode and the clock; `rounds` counts server steps. Reuses `Simulation`'s
-    evaluation, run loop, callbacks, summary and checkpointing.
+    with the server mode and the clock; `rounds` counts server steps; `options` are `Simulation`'s
+    keyword arguments (seed, device, eval_every, backend, callbacks, loss_fn, names). Reuses
+    `Simulation`'s evaluation, run loop, callbacks, summary and checkpointing.
     """
 
     server: Asynchronous
@@ -130,14 +129,8 @@ class AsynchronousSimulation(Simulation):
         server: Asynchronous,
         clock: VirtualClock,
         rounds: int,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        eval_every: int = 1,
-        backend: Backend | None = None,
         transforms: Sequence[UpdateTransform] = (),
-        callbacks: Sequence[Callback] = (),
-        loss_fn: Callable[..., Tensor] | None = None,
-        names: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> None:
         # The staleness weighting is server side: after attacks, compression and DP clipping, before
         # the byte meter (which must stay last to read what was encoded).
@@ -145,24 +138,11 @@ class AsynchronousSimulation(Simulation):
         transforms = list(transforms)
         at = len(transforms) - 1 if transforms and transforms[-1].group == "meter" else len(transforms)
         transforms.insert(at, self.staleness)
+        sampler = BufferCohort(server.buffer_size)
         super().__init__(
-            federation,
-            model,
-            strategy,
-            BufferCohort(server.buffer_size),
-            trainer,
-            rounds,
-            seed=seed,
-            device=device,
-            eval_every=eval_every,
-            backend=backend,
-            transforms=transforms,
-            callbacks=callbacks,
-            loss_fn=loss_fn,
-            names=names,
-            clock=clock,
-            server=server,
-        )
+            federation, model, strategy, sampler, trainer, rounds, transforms=transforms, clock=clock, server=server,
+            **options,
+        )  # fmt: skip
         self.clock: VirtualClock = clock
         self.queue: list[tuple[float, int]] = []  # (arrival time, client): a heap
         self.in_flight: dict[int, InFlight] = {}
@@ -310,7 +290,7 @@ class AsynchronousSimulation(Simulation):
         jobs = {**arrived, **{k: job.timing for k, job in self.in_flight.items()}}
         metrics.update(step_metrics(self.clock, start, self.now, self.server.concurrency, jobs))
         metrics.update(staleness_summary(staleness))
-        metrics["async/weight_mean"] = float(np.mean([self.staleness.weight(s) for s in staleness]))
+        metrics["async/weight_mean"] = sum(self.staleness.weight(s) for s in staleness) / len(staleness)
         metrics["async/dispatched"] = float(self.dispatched - dispatched)
         self.step_staleness = staleness
         if round_idx % self.eval_every == 0 or round_idx == self.rounds:

@@ -584,12 +584,21 @@ def step_metrics(
     """
     elapsed = end - start
     metrics = {"time/virtual_seconds": float(end), "time/step_seconds": float(elapsed)}
-    if elapsed > 0 and slots > 0:
+    if elapsed <= 0 or slots <= 0:
+        return metrics
+    if clock.availability is None:
+        # Always online: a job works on [max(its start, start), min(its end, end)], vectorized (the
+        # asynchronous server calls this every step with `concurrency` jobs).
+        spans = np.array([(job.start, job.end) for job in jobs.values()], dtype=np.float64).reshape(-1, 2)
+        lo, hi = np.maximum(spans[:, 0], start), np.minimum(spans[:, 1], end)
+        keep = hi > lo
+        active = list(zip(lo[keep].tolist(), hi[keep].tolist()))
+    else:
         active = [
             span
             for client, job in jobs.items()
             for span in clock.active_intervals(client, max(job.start, start), min(job.end, end))
         ]
-        metrics["clock/utilization"] = sum(e - s for s, e in active) / (slots * elapsed)
-        metrics["clock/idle_seconds"] = max(0.0, elapsed - union_length(active))
+    metrics["clock/utilization"] = sum(e - s for s, e in active) / (slots * elapsed)
+    metrics["clock/idle_seconds"] = max(0.0, elapsed - union_length(active))
     return metrics

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fedtorch.errors import OptionError
 from fedtorch.experiment import run_experiment
-from tests.conftest import REPO_ROOT, run_cli
+from tests.conftest import REPO_ROOT
 from tests.test_checkpoint import finish, metrics_rows, start_cli, without_timing
 
 
@@ -94,14 +94,6 @@ def test_a_bad_trace_is_one_line_before_any_work(compose_config, tmp_path, rows,
     with pytest.raises(OptionError, match=message):
         run_experiment(cfg, tmp_path / "run")
     assert written(tmp_path / "run") == []
-
-
-def test_the_command_line_prints_the_refusal_in_one_line(tmp_path):
-    proc = run_cli("clock=distributions", "server=fedbuff", "server.concurrency=31", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "fedtorch: error: server.concurrency=31 is invalid: at most the number of clients in the federation (30)"
-    ]
 
 
 # -- SIGKILL mid-stream, then resume ---------------------------------------------------------------------------

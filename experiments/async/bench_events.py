@@ -2,15 +2,15 @@
 the local training it schedules, with 10,000 clients and 100 training at once.
 
     python experiments/async/bench_events.py [--clients 10000] [--concurrency 100] [--buffer 10]
-                                             [--steps 300] [--samples 20] [--hidden 256] [--threads 1]
+                                             [--steps 200] [--samples 50] [--hidden 200] [--threads 1]
 
 FedBuff on a generated federation of `--clients` clients (`--samples` samples of 60 features each,
 10 classes), an MLP 60-hidden-hidden-10, one local epoch of batch 10, log-normal device speeds
 and bandwidths with per-job noise. The run is timed part by part, by wrapping the components:
 
     train      backend.train: the clients' local SGD (the floor any FL simulator pays)
-    pipeline   pipeline.accept / result, strategy.apply, the training statistics: aggregation
-               and the server step (a synchronous server does the same work)
+    pipeline   pipeline.begin / accept / result / step_metrics, strategy.apply, the training
+               statistics: aggregation and the server step (a synchronous round does the same)
     eval       the one evaluation after the last step
     events     everything else in the server loop: the event queue, dispatching (drawing idle
                clients, timing their jobs on the clock), staleness bookkeeping, the per-step clock
@@ -99,13 +99,15 @@ def measure(args: argparse.Namespace, hidden: int) -> dict[str, float]:
     )
     train, pipeline, evaluation = Timer(), Timer(), Timer()
     sim.backend.train = train.wrap_generator(sim.backend.train)
-    sim.pipeline.accept = pipeline.wrap(sim.pipeline.accept)
-    sim.pipeline.result = pipeline.wrap(sim.pipeline.result)
+    # What a synchronous round does as well: the pipeline's step, the server step, the statistics.
+    for name in ("begin", "accept", "result", "step_metrics"):
+        setattr(sim.pipeline, name, pipeline.wrap(getattr(sim.pipeline, name)))
     sim.strategy.apply = pipeline.wrap(sim.strategy.apply)
     sim.backend.reduce = pipeline.wrap(sim.backend.reduce)
+    sim.training_metrics = pipeline.wrap(sim.training_metrics)
     sim.evaluate = evaluation.wrap(sim.evaluate)
-    add = RoundStats.add
-    RoundStats.add = pipeline.wrap(add)  # the loop's training statistics, as in a synchronous round
+    add, zeros = RoundStats.add, RoundStats.zeros
+    RoundStats.add, RoundStats.zeros = pipeline.wrap(add), pipeline.wrap(zeros)
     try:
         start = time.perf_counter()
         for step in range(1, args.steps + 1):
@@ -113,7 +115,7 @@ def measure(args: argparse.Namespace, hidden: int) -> dict[str, float]:
             sim.state.round = step
         total = time.perf_counter() - start
     finally:
-        RoundStats.add = add
+        RoundStats.add, RoundStats.zeros = add, zeros
     events = total - train.seconds - pipeline.seconds - evaluation.seconds
     arrivals = args.steps * args.buffer
     return {
@@ -134,9 +136,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--buffer", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--hidden", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
