@@ -38,10 +38,18 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from fedtorch.backends.distributed import agree_on_output_dir, init_process_group, launched_by_torchrun, rank
 from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
-from fedtorch.checkpoint import CheckpointError, ResumePlan, RunFolderLock, plan_resume, remove_temporaries
+from fedtorch.checkpoint import (
+    CheckpointError,
+    ResumePlan,
+    RunFolderLock,
+    config_digest,
+    plan_resume,
+    remove_temporaries,
+)
 from fedtorch.compression import CommunicationMeter
 from fedtorch.data.base import DatasetSplits, FederatedDataset
 from fedtorch.data.partitions import partition_stats
@@ -164,7 +172,10 @@ def plan(cfg: DictConfig, runtime: Runtime) -> Plan:
         init_process_group(resolve_device(cfg.device))
         output_dir = agree_on_output_dir(output_dir)
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(runtime.overrides))]
-    current = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        current = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise ConfigError(error.full_key, "???", "a value this option needs: set it on the command line") from error
     resume = plan_resume(cfg.get("resume", "auto"), output_dir, current, keys, choices)
     if resume.config is not current:
         cfg = OmegaConf.create(resume.config)
@@ -203,6 +214,9 @@ def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetS
         # A missing data folder is a config error (data_dir), reported as one line.
         if isinstance(error.__cause__, FileNotFoundError):
             raise data_error(cfg, error.__cause__) from error
+        if isinstance(error.__cause__, ImportError):  # an optional extra (torchvision) is missing
+            name = str(cfg.dataset.get("_target_", "dataset")).rsplit(".", 1)[-1]
+            raise ConfigError("dataset", name, " ".join(str(error.__cause__).split())) from error
         raise instantiation_error("dataset", error) or error from error
     except FileNotFoundError as error:
         raise data_error(cfg, error) from error
@@ -267,6 +281,33 @@ def partition_record(fed: FederatedDataset) -> dict[str, Any]:
     return record
 
 
+def probe_model(model: Any, data: DatasetSplits, choices: Mapping[str, Any]) -> None:
+    """One forward pass and loss on two training samples, so that a model that cannot take the
+    dataset's inputs (shape, dtype) or produce its targets is refused now, in one line, and not
+    with a traceback in the middle of round 1. In eval mode and without gradients: nothing about
+    the model or any random stream changes."""
+    from fedtorch.client import default_loss
+
+    if len(data.train_x) == 0:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.train_x[:2])
+            default_loss(data.num_classes)(out, data.train_y[:2])
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            "model",
+            choices.get("model", type(model).__name__),
+            f"cannot take dataset={choices.get('dataset', data.name)}'s samples (shape {tuple(data.input_shape)}, "
+            f"{data.train_x.dtype}, {data.num_classes or 'regression'} targets): {reason[:200]}",
+        ) from error
+    finally:
+        model.train(was_training)
+
+
 @dataclass
 class Built:
     """Step 2's result: the simulation and what the run folder is written from."""
@@ -318,6 +359,8 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
     else:
         torch.manual_seed(derive_seed(cfg.seed, "model_init"))
         model = _build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
+
+    probe_model(model, data, p.resume.choices)
 
     # Pipeline order, client side first: attack -> compression -> DP clipping -> secure aggregation
     # -> DP noise and accounting -> byte meter (always on, so every run logs comm/bytes_*).
@@ -410,6 +453,7 @@ def execute(p: Plan, built: Built) -> dict[str, Any]:
     summary = sim.run()
     summary["provenance"] = provenance
     summary["output_dir"] = str(p.run_dir)
+    summary["config_digest"] = config_digest(OmegaConf.to_container(p.cfg, resolve=True))
     if p.resume.checkpoint is not None:
         summary["resumed_from_round"] = p.resume.round
     return summary

@@ -8,6 +8,7 @@ the aggregator) and takes the server step, exactly as `Simulation.run_round` doe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,6 +67,8 @@ class Server:
         strategy.setup(StrategyContext(len(sizes), sizes, layout, local, vector.device, seed), vector)
         self.pipeline = UpdatePipeline(transforms, strategy.aggregator, weighting_for(strategy, transforms), strategy)
         cohort = float(len(sizes)) if expected_cohort is None else float(expected_cohort)
+        # As Simulation: P(report) over every dropout source, the transforms' included.
+        report_probability *= math.prod(t.report_probability for t in transforms)
         weights = sizes.sum() if uses_sample_weights(strategy, transforms) else len(sizes)
         self.pipeline.setup(
             PipelineContext(
