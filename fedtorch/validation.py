@@ -104,14 +104,6 @@ def _check_trainer(cfg: DictConfig) -> None:
             require(cfg, "trainer.optimizer.dampening", is_number(d) and 0 <= d <= 1, "a number in [0, 1]")
 
 
-def _check_partition(cfg: DictConfig) -> None:
-    partition = cfg.partition
-    if "alpha" in partition:
-        _positive_number(cfg, "partition.alpha")
-    if "num_clients" in partition:
-        _int_at_least(cfg, "partition.num_clients", 1)
-
-
 def validate_backend(cfg: DictConfig, choice: str | None = None) -> None:
     """backend options, and torchrun only with backend=distributed (else every process would run
     the whole experiment on its own)."""
@@ -133,7 +125,6 @@ def validate(cfg: DictConfig, choices: dict[str, Any] | None = None) -> None:
     """The run-level checks: before anything is built, loaded or written."""
     _check_run(cfg)
     _check_trainer(cfg)
-    _check_partition(cfg)
     _check_logging(cfg)
     validate_backend(cfg, (choices or {}).get("backend"))
 
