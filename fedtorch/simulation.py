@@ -57,6 +57,7 @@ class RoundStats:
     samples: int = 0
     steps: int = 0
     clients: int = 0
+    failures: int = 0  # processes whose share of the round failed (a StepFailed), summed by merge
 
     @classmethod
     def zeros(cls, device: torch.device) -> RoundStats:
@@ -242,10 +243,18 @@ class Simulation:
         self.strategy.begin_round(round_idx, cohort.ids)
         self.pipeline.begin(round_idx, cohort.ids, download_bytes=download)
         stats = RoundStats.zeros(self.device)
-        for update in self.backend.train(self.jobs(round_idx, cohort), self.global_vector, payload):
-            stats.add(update)
-            self.pipeline.accept(update)
+        failure: StepFailed | None = None
+        try:
+            for update in self.backend.train(self.jobs(round_idx, cohort), self.global_vector, payload):
+                stats.add(update)
+                self.pipeline.accept(update)
+        except StepFailed as error:
+            # Under the distributed backend only this process knows: the others must not wait for
+            # it in the reduce, so the failure travels with the round's statistics.
+            failure, stats.failures = error, 1
         self.backend.reduce([self.pipeline, self.strategy, self.runner.state, stats])
+        if stats.failures:
+            raise failure or StepFailed(f"round {round_idx} failed in another process")
         aggregate = self.pipeline.result()
         if aggregate is None and not self.pipeline.aborted and self.pipeline.count:
             log.warning(
@@ -328,35 +337,32 @@ class Simulation:
         wall_start = time.perf_counter()
         for callback in self.callbacks:
             callback.on_run_start(self)
-        try:
-            while self.state.round < self.rounds and self.stop_reason is None:
-                round_idx = self.state.round + 1
-                for callback in self.callbacks:
-                    callback.on_round_start(self, round_idx)
-                # The processes of a distributed run stop together: rank 0's decision binds them all.
-                self.stop_reason = self.backend.agree_stop(self.stop_reason)
-                if self.stop_reason is not None:
-                    break
-                try:
-                    metrics = self.run_round(round_idx)
-                except StepFailed as error:
-                    self.stop_reason, self.stop_message = error.reason, str(error)
-                    log.error("round %d failed: %s", round_idx, error)
-                    break
-                self.state.round = round_idx
-                self.state.history.append({"round": round_idx, **metrics})
-                if not all(math.isfinite(v) for v in metrics.values()) or not bool(
-                    torch.isfinite(self.global_vector).all()
-                ):
-                    self.stop_reason = "diverged"
-                for callback in self.callbacks:
-                    callback.on_round_end(self, round_idx, metrics)
-                self.stop_reason = self.backend.agree_stop(self.stop_reason)
-            summary = self.summary(time.perf_counter() - wall_start)
+        while self.state.round < self.rounds and self.stop_reason is None:
+            round_idx = self.state.round + 1
             for callback in self.callbacks:
-                callback.on_run_end(self, summary)
-        finally:
-            self.backend.close()
+                callback.on_round_start(self, round_idx)
+            # The processes of a distributed run stop together: rank 0's decision binds them all.
+            self.stop_reason = self.backend.agree_stop(self.stop_reason)
+            if self.stop_reason is not None:
+                break
+            try:
+                metrics = self.run_round(round_idx)
+            except StepFailed as error:
+                self.stop_reason, self.stop_message = error.reason, str(error)
+                log.error("round %d failed: %s", round_idx, error)
+                break
+            self.state.round = round_idx
+            self.state.history.append({"round": round_idx, **metrics})
+            if not all(math.isfinite(v) for v in metrics.values()) or not bool(
+                torch.isfinite(self.global_vector).all()
+            ):
+                self.stop_reason = "diverged"
+            for callback in self.callbacks:
+                callback.on_round_end(self, round_idx, metrics)
+            self.stop_reason = self.backend.agree_stop(self.stop_reason)
+        summary = self.summary(time.perf_counter() - wall_start)
+        for callback in self.callbacks:
+            callback.on_run_end(self, summary)
         return summary
 
     @property
