@@ -51,7 +51,8 @@ def test_log_mode_prints_one_plain_line_every_n_rounds():
     drive(bar, FakeRun(rounds=20), eval_every=5)
     assert bar.mode == "log" and "\r" not in stream.getvalue()
     lines = stream.getvalue().splitlines()
-    assert [int(re.match(r"round (\d+)/20 ", line).group(1)) for line in lines] == list(range(2, 21, 2))  # every 20 // 10
+    printed = [int(re.match(r"round (\d+)/20 ", line).group(1)) for line in lines]
+    assert printed == list(range(2, 21, 2))  # every 20 // 10 rounds
     # tqdm's line: percentage, bar, elapsed<remaining (the ETA), rate, then the latest metrics. Round 6
     # shows round 5's evaluation, the latest there is, beside round 6's train/loss.
     sixth = lines[2]
