@@ -41,6 +41,7 @@ from fedtorch.data.base import DatasetSplits, FederatedDataset
 from fedtorch.data.partitions import Natural, natural_partition, partition_stats
 from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.provenance import collect as collect_provenance
+from fedtorch.results import parse_overrides
 from fedtorch.seeding import derive_seed, numpy_rng
 from fedtorch.simulation import Simulation
 from fedtorch.validation import (  # noqa: F401  (re-exported: validation lived here before)
@@ -363,12 +364,29 @@ def run_experiment(
 
     callbacks = list(pipeline_callbacks)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    job_overrides = parse_overrides(overrides)  # {key: value text}: what this job's command line set
     if cfg.logging.tensorboard:
-        callbacks.append(TensorBoard(output_dir, hparams=resolved, config_text=OmegaConf.to_yaml(cfg, resolve=True)))
+        # The clean federation's label counts (`fed`, not the poisoned `train_fed`), as partition.json's.
+        counts = fed.label_counts() if fed.is_classification else fed.client_sizes().reshape(-1, 1)
+        callbacks.append(
+            TensorBoard(
+                output_dir,
+                hparams=resolved,
+                config_text=OmegaConf.to_yaml(cfg, resolve=True),
+                overrides=job_overrides,
+                objective=cfg.get("objective"),
+                partition_counts=counts,
+                client_names=fed.client_names,
+            )
+        )
     if cfg.logging.metrics_file:
         callbacks.append(MetricsFile(output_dir / "metrics.jsonl"))
     if cfg.logging.progress:
         callbacks.append(ProgressBar())
+    for key, node in cfg.logging.items():  # trackers (logging=mlflow, logging=wandb): a node with a _target_
+        if isinstance(node, DictConfig) and node.get("_target_"):
+            tracker = _build(node, f"logging.{key}", run_dir=output_dir, config=resolved, overrides=job_overrides)
+            callbacks.append(tracker)
     checkpointer = None
     if cfg.get("checkpoint_every", 0):
         # Last, so it saves the other callbacks' state after they have seen the round.
@@ -402,9 +420,7 @@ def run_experiment(
         output_dir.mkdir(parents=True, exist_ok=True)
         _clear_stale_results(output_dir, fresh=plan.checkpoint is None)
         atomic_write_json(output_dir / "partition.json", partition_record(fed))
-    log.info(
-        "%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, device
-    )
+    log.info("%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, device)
     # Collected before training: the code and tree as they were when the run started.
     provenance = collect_provenance(device, fed.client_indices, rerun_command())
     summary = sim.run()

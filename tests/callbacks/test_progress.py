@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass, field
 
 import pytest
 
 from fedtorch.callbacks.progress import ProgressBar
-
-
-@dataclass
-class FakeRun:
-    """The `RunView` protocol and nothing else: what a callback may see."""
-
-    rounds: int
-    round: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    stop_reason: str | None = None
-
-    def request_stop(self, reason: str) -> None:
-        self.stop_reason = self.stop_reason or reason
+from tests.callbacks.fake_run import FakeRun
 
 
 class Terminal(io.StringIO):
