@@ -381,12 +381,15 @@ def run_experiment(
         )
     if cfg.logging.metrics_file:
         callbacks.append(MetricsFile(output_dir / "metrics.jsonl"))
-    if cfg.logging.progress:
-        callbacks.append(ProgressBar())
     for key, node in cfg.logging.items():  # trackers (logging=mlflow, logging=wandb): a node with a _target_
         if isinstance(node, DictConfig) and node.get("_target_"):
-            tracker = _build(node, f"logging.{key}", run_dir=output_dir, config=resolved, overrides=job_overrides)
-            callbacks.append(tracker)
+            make = _build(node, f"logging.{key}", _partial_=True)  # so the config below is passed, not instantiated
+            try:
+                callbacks.append(make(run_dir=output_dir, run_config=resolved, overrides=job_overrides))
+            except ValueError as error:  # a missing extra or a bad option: one line naming the key
+                raise ConfigError(f"logging.{key}", node._target_, str(error)) from error
+    if cfg.logging.progress:  # after the trackers, whose start-up (W&B: a second or two) is not a round's time
+        callbacks.append(ProgressBar())
     checkpointer = None
     if cfg.get("checkpoint_every", 0):
         # Last, so it saves the other callbacks' state after they have seen the round.
