@@ -7,4 +7,13 @@ from fedtorch.callbacks.progress import ProgressBar
 from fedtorch.callbacks.tensorboard import TensorBoard
 from fedtorch.callbacks.trackers import MLflowTracker, WandbTracker  # the trackers import their packages when built
 
-__all__ = ["Callback", "RunView", "Checkpoint", "MetricsFile", "MLflowTracker", "ProgressBar", "TensorBoard", "WandbTracker"]
+__all__ = [
+    "Callback",
+    "RunView",
+    "Checkpoint",
+    "MetricsFile",
+    "MLflowTracker",
+    "ProgressBar",
+    "TensorBoard",
+    "WandbTracker",
+]
