@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from fedtorch.checkpoint import CheckpointError
+from fedtorch.cli_help import register_resolver
 from fedtorch.experiment import ConfigError, run_experiment
 from fedtorch.report import higher_is_better, metric_direction
 
@@ -113,6 +114,7 @@ def main() -> None:
     from fedtorch.validation import describe_hydra_error
 
     global _SHOW_TRACEBACK
+    register_resolver(CONF_DIR)  # the option list of --help (conf/hydra/help/fedtorch.yaml)
     previous = os.environ.get("HYDRA_FULL_ERROR")
     _SHOW_TRACEBACK = previous == "1"
     os.environ[_USER_FULL_ERROR] = previous or ""
