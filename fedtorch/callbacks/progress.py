@@ -31,7 +31,9 @@ LOG_BAR_FORMAT = BAR_FORMAT.replace("{bar}", "{bar:24}")
 
 def in_notebook() -> bool:
     """Whether tqdm.auto picked its notebook widget (a Jupyter kernel with ipywidgets installed)."""
-    return auto_tqdm.__module__.startswith("tqdm.notebook")
+    from tqdm.notebook import tqdm as notebook_tqdm  # imports without ipywidgets too
+
+    return issubclass(auto_tqdm, notebook_tqdm)
 
 
 class ProgressBar(Callback):
