@@ -12,6 +12,7 @@ Where it goes decides how it is drawn (chosen when the run starts):
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ SHOWN = ("train/loss", "eval/loss", "eval/accuracy")
 #: `{bar}` fills the terminal's width; a log line gets a fixed 24-character bar.
 BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 LOG_BAR_FORMAT = BAR_FORMAT.replace("{bar}", "{bar:24}")
+FALLBACK_SIZE = (120, 24)  # (columns, rows) of a terminal that reports no size
 
 
 def in_notebook() -> bool:
@@ -73,6 +75,9 @@ class ProgressBar(Callback):
             self.log_every = self.every or max(1, run.rounds // 10)
             return
         bar_class = auto_tqdm if self.mode == "notebook" else plain_tqdm
+        # A terminal that reports no size (a pty without a window size, as under `script` or some CI
+        # runners) makes tqdm hide the bar (0 rows) or draw it 0 wide: give it a fixed size instead.
+        sized = _terminal_columns(stream) > 0
         self.bar = bar_class(
             total=run.rounds,
             initial=run.round,
@@ -80,7 +85,9 @@ class ProgressBar(Callback):
             unit="round",
             bar_format=BAR_FORMAT,
             file=stream,
-            dynamic_ncols=True,
+            dynamic_ncols=sized,
+            ncols=None if sized else FALLBACK_SIZE[0],
+            nrows=None if sized else FALLBACK_SIZE[1],
             leave=True,
         )
 
@@ -127,6 +134,14 @@ class ProgressBar(Callback):
         stream.write(self.line(run, round_idx) + "\n")
         stream.flush()
         self.last_printed = round_idx
+
+
+def _terminal_columns(stream: TextIO) -> int:
+    """The terminal's width in columns, 0 when it does not say."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _is_terminal(stream: TextIO) -> bool:
