@@ -185,7 +185,7 @@ class WandbTracker(Callback):
             config=self.config,
             id=self.run_id,
             resume="allow" if self.run_id else None,
-            reinit="finish_previous",  # a notebook's earlier run that crashed is closed, not reused
+            reinit="create_new",  # beside any W&B run of the user's (a notebook's), never in place of it
             settings=settings,
         )
         self.run_id = self.wandb_run.id

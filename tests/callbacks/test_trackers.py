@@ -11,6 +11,7 @@ import json
 import math
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,10 +140,21 @@ def wandb_run_file(run_dir: Path) -> Path:
     return path
 
 
+def finished_records(run_dir: Path, timeout: float = 60.0) -> list:
+    """The run file's records once it holds the run's exit record: W&B's writer process flushes
+    the file shortly after `finish()` returns (within half a second here), not before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(wandb_run_file(run_dir))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def read_wandb(run_dir: Path) -> dict:
     """history rows by step, the config, the final summary, the exit code and the artifact's files."""
     history, config, summary, exit_code, files = {}, {}, {}, None, set()
-    for record in wandb_records(wandb_run_file(run_dir)):
+    for record in finished_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             row = {"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in record.history.item}
