@@ -329,3 +329,11 @@ def test_command_line_errors_are_one_clear_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and "expected METRIC=NUMBER" in capsys.readouterr().err
     report.main([str(tmp_path), "--no-figures"])  # an empty folder: an empty report, not a crash
     assert "0 runs in 0 configurations" in capsys.readouterr().out
+
+
+def test_help_states_the_statistics(capsys):
+    with pytest.raises(SystemExit):
+        report.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "sample standard deviation (n - 1)" in text and "averaged over the runs that reached it" in text
+    assert "rounds done" in text and "named with a space so none can replace a setting" in text
