@@ -423,7 +423,9 @@ def run_experiment(
         output_dir.mkdir(parents=True, exist_ok=True)
         _clear_stale_results(output_dir, fresh=plan.checkpoint is None)
         atomic_write_json(output_dir / "partition.json", partition_record(fed))
-    log.info("%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, device)
+    log.info(
+        "%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, device
+    )
     # Collected before training: the code and tree as they were when the run started.
     provenance = collect_provenance(device, fed.client_indices, rerun_command())
     summary = sim.run()
