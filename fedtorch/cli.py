@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedtorch.backends.distributed import launched_by_torchrun, shutdown
 from fedtorch.checkpoint import CheckpointError, RunFolderLock
+from fedtorch.cli_help import register_resolver
 from fedtorch.experiment import ConfigError, Runtime, run_experiment
 from fedtorch.objective import check_sweep_direction, objective_value
 
@@ -159,6 +160,7 @@ def main() -> None:
     from fedtorch.validation import describe_hydra_error
 
     global _SHOW_TRACEBACK
+    register_resolver(CONF_DIR)  # the help template lists the config groups' options
     previous = os.environ.get("HYDRA_FULL_ERROR")
     _SHOW_TRACEBACK = previous == "1"
     os.environ[_USER_FULL_ERROR] = previous or ""

@@ -58,6 +58,7 @@ from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.pipeline import UpdateTransform
 from fedtorch.privacy.mechanisms import PrivacyMechanism
 from fedtorch.provenance import collect as collect_provenance
+from fedtorch.results import parse_overrides
 from fedtorch.seeding import derive_seed, numpy_rng
 from fedtorch.simulation import Simulation
 from fedtorch.validation import ConfigError, data_error, instantiation_error, resolve_device, validate
@@ -382,13 +383,32 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
     run_dir = p.run_dir
     callbacks: list[Any] = list(privacy.callbacks())
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    job_overrides = parse_overrides(p.runtime.overrides)  # {key: value text}: what this job set
     if cfg.logging.tensorboard:
+        # The clean federation's label counts (an attack may have poisoned the training labels).
         counts = fed.label_counts() if fed.is_classification else fed.client_sizes().reshape(-1, 1)
-        config_text = OmegaConf.to_yaml(cfg, resolve=True)
-        callbacks.append(TensorBoard(run_dir, hparams=resolved, config_text=config_text, partition_counts=counts))
+        callbacks.append(
+            TensorBoard(
+                run_dir,
+                hparams=resolved,
+                config_text=OmegaConf.to_yaml(cfg, resolve=True),
+                overrides=job_overrides,
+                objective=cfg.get("objective"),
+                partition_counts=counts,
+                client_names=fed.client_names,
+            )
+        )
     if cfg.logging.metrics_file:
         callbacks.append(MetricsFile(run_dir / "metrics.jsonl"))
-    if cfg.logging.progress:
+    for key, node in cfg.logging.items():  # trackers: any logging.<name> node with a _target_
+        if isinstance(node, DictConfig) and node.get("_target_"):
+            # Partial: `resolved` holds _target_ keys that instantiate would otherwise build.
+            make = _build(node, f"logging.{key}", _partial_=True)
+            try:
+                callbacks.append(make(run_dir=run_dir, run_config=resolved, overrides=job_overrides))
+            except ValueError as error:  # e.g. the extra is not installed
+                raise ConfigError(f"logging.{key}", node._target_, str(error)) from error
+    if cfg.logging.progress:  # after the trackers, whose start-up is not a round
         callbacks.append(ProgressBar())
     checkpointer = None
     if cfg.get("checkpoint_every", 0):
