@@ -432,6 +432,8 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         transforms=transforms,
         callbacks=callbacks,
         names=p.resume.choices,
+        eval_train=bool(cfg.get("eval_train", False)),
+        eval_train_max_samples=cfg.get("eval_train_max_samples"),
     )
     return Built(sim=sim, federation=fed, checkpointer=checkpointer, writer=writer)
 

@@ -123,6 +123,12 @@ class Simulation:
         callbacks: observers (TensorBoard, metrics file, progress bar, checkpoints, ...).
         loss_fn: training and evaluation loss; default from the task.
         names: the config options the components were chosen by (for one-line refusals).
+        eval_train: also evaluate the global model on the clients' training data at every
+            evaluation (`eval/train_loss`, `eval/train_accuracy`): the training objective
+            sum_k n_k F_k(w) / n that optimization papers plot (FedProx's "training loss"), unlike
+            `train/loss`, the clients' minibatch loss during local training.
+        eval_train_max_samples: evaluate on a fixed subset of at most this many training samples
+            (drawn once from a stream of its own, independent of the seed); None: all of them.
     """
 
     def __init__(
@@ -141,6 +147,8 @@ class Simulation:
         callbacks: Sequence[Callback] = (),
         loss_fn: Callable[..., Tensor] | None = None,
         names: Mapping[str, Any] | None = None,
+        eval_train: bool = False,
+        eval_train_max_samples: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.runner = ClientRunner(federation, model, trainer, strategy, seed, self.device, loss_fn, ClientStateStore())
@@ -171,7 +179,7 @@ class Simulation:
             self.global_vector,
         )
         self.pipeline = UpdatePipeline(transforms, strategy.aggregator, weighting_for(strategy, transforms), strategy)
-        report = (1.0 - sampler.dropout) * math.prod(t.report_probability for t in transforms)
+        report = sampler.report_probability() * math.prod(t.report_probability for t in transforms)
         try:
             sampling: Any = sampling_of(sampler)
         except ValueError as error:  # only a privacy accountant needs it, and says so
@@ -197,6 +205,20 @@ class Simulation:
         )
         self.backend.setup(self.runner)
         self.backend.broadcast(self.global_vector)
+        self._train_eval_index = self._training_subset(eval_max=eval_train_max_samples) if eval_train else None
+
+    def _training_subset(self, eval_max: int | None) -> Tensor:
+        """Positions of the training samples the training objective is evaluated on (every client's
+        samples, or a fixed uniform subset of them: every sample counts once, so the loss is the
+        sample-weighted mean over clients)."""
+        owned = torch.cat([ix.cpu() for ix in self.federation.client_indices]) if self.federation.num_clients else None
+        if owned is None or len(owned) == 0:
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        owned = torch.sort(owned).values
+        if eval_max is not None and eval_max < len(owned):
+            pick = np.sort(numpy_rng(0, "eval_train_subset").choice(len(owned), size=eval_max, replace=False))
+            owned = owned[torch.from_numpy(pick)]
+        return owned.to(self.device)
 
     # -- what callbacks read (fedtorch.callbacks.base.RunView) ---------------------------------
     @property
@@ -298,6 +320,10 @@ class Simulation:
                 self.model, fed.test_x, fed.test_y, self.loss_fn, groups=self._test_groups(), num_groups=fed.num_clients
             ).items()
         }
+        if self._train_eval_index is not None and len(self._train_eval_index):
+            ix = self._train_eval_index
+            train = evaluate(self.model, fed.train_x[ix], fed.train_y[ix], self.loss_fn)
+            metrics.update({f"eval/train_{k}": v for k, v in train.items()})
         if self.strategy.personalized and fed.client_test_indices is not None:
             store = self.runner.state
             personal = evaluate_per_client(

@@ -79,6 +79,9 @@ def _check_run(cfg: DictConfig) -> None:
         _int_at_least(cfg, "checkpoint_every", 0, " (0: no checkpoints)")
     if cfg.get("eval_max_samples") is not None:
         _int_at_least(cfg, "eval_max_samples", 1, ", or null for the whole test set")
+    require(cfg, "eval_train", isinstance(cfg.get("eval_train", False), bool), "true or false")
+    if cfg.get("eval_train_max_samples") is not None:
+        _int_at_least(cfg, "eval_train_max_samples", 1, ", or null for every training sample")
     if "resume" in cfg:
         resume = cfg.resume
         require(cfg, "resume", resume is None or isinstance(resume, str), "auto, null, or a run folder path")
