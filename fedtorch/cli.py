@@ -16,13 +16,15 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from fedtorch.backends.distributed import launched_by_torchrun, shutdown
-from fedtorch.checkpoint import CheckpointError
+from fedtorch.checkpoint import CheckpointError, RunFolderLock
+from fedtorch.cli_help import register_resolver
 from fedtorch.experiment import ConfigError, Runtime, run_experiment
 from fedtorch.objective import check_sweep_direction, objective_value
 
@@ -35,10 +37,15 @@ _SHOW_TRACEBACK = os.environ.get(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ER
 
 
 def fail(message: str) -> None:
-    """One clear line on stderr (from rank 0 only, under torchrun), no traceback, exit status 2
-    (HYDRA_FULL_ERROR=1 shows the traceback)."""
+    """One clear line on stderr, no traceback, exit status 2 (HYDRA_FULL_ERROR=1 shows the traceback).
+
+    Under torchrun every process refuses the same config; rank 0 alone prints, and the others wait
+    a moment before exiting, so that torchrun, which stops the remaining processes as soon as one
+    has failed, does not stop rank 0 before it has printed."""
     if os.environ.get("RANK", "0") == "0":
-        print(f"fedtorch: error: {message}", file=sys.stderr)
+        print(f"fedtorch: error: {message}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(2.0)
     sys.exit(2)
 
 
@@ -106,7 +113,11 @@ def remove_if_only_hydra(run_dir: Path) -> None:
         return
     if not all(e.name in (".hydra", ".lock") or (e.is_file() and e.suffix == ".log") for e in run_dir.iterdir()):
         return
-    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        with RunFolderLock(run_dir):  # another process's run that has not written anything yet: keep it
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except CheckpointError:
+        return
     parent, cwd = run_dir.parent.resolve(), Path.cwd().resolve()
     while parent != cwd and parent.is_relative_to(cwd):
         try:
@@ -149,6 +160,7 @@ def main() -> None:
     from fedtorch.validation import describe_hydra_error
 
     global _SHOW_TRACEBACK
+    register_resolver(CONF_DIR)  # the help template lists the config groups' options
     previous = os.environ.get("HYDRA_FULL_ERROR")
     _SHOW_TRACEBACK = previous == "1"
     os.environ[_USER_FULL_ERROR] = previous or ""

@@ -38,12 +38,20 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from fedtorch.asynchronous import AsynchronousSimulation
 from fedtorch.backends.distributed import agree_on_output_dir, init_process_group, launched_by_torchrun, rank
 from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
 from fedtorch.callbacks.virtual_time import VirtualTimeTensorBoard
-from fedtorch.checkpoint import CheckpointError, ResumePlan, RunFolderLock, plan_resume, remove_temporaries
+from fedtorch.checkpoint import (
+    CheckpointError,
+    ResumePlan,
+    RunFolderLock,
+    config_digest,
+    plan_resume,
+    remove_temporaries,
+)
 from fedtorch.compatibility import check_async_sampler
 from fedtorch.compression import CommunicationMeter
 from fedtorch.data.base import DatasetSplits, FederatedDataset
@@ -53,6 +61,7 @@ from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.pipeline import UpdateTransform
 from fedtorch.privacy.mechanisms import PrivacyMechanism
 from fedtorch.provenance import collect as collect_provenance
+from fedtorch.results import parse_overrides
 from fedtorch.seeding import derive_seed, numpy_rng
 from fedtorch.servers import Synchronous
 from fedtorch.simulation import Simulation
@@ -168,7 +177,10 @@ def plan(cfg: DictConfig, runtime: Runtime) -> Plan:
         init_process_group(resolve_device(cfg.device))
         output_dir = agree_on_output_dir(output_dir)
     keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(runtime.overrides))]
-    current = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        current = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise ConfigError(error.full_key, "???", "a value this option needs: set it on the command line") from error
     resume = plan_resume(cfg.get("resume", "auto"), output_dir, current, keys, choices)
     if resume.config is not current:
         cfg = OmegaConf.create(resume.config)
@@ -207,6 +219,9 @@ def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetS
         # A missing data folder is a config error (data_dir), reported as one line.
         if isinstance(error.__cause__, FileNotFoundError):
             raise data_error(cfg, error.__cause__) from error
+        if isinstance(error.__cause__, ImportError):  # an optional extra (torchvision) is missing
+            name = str(cfg.dataset.get("_target_", "dataset")).rsplit(".", 1)[-1]
+            raise ConfigError("dataset", name, " ".join(str(error.__cause__).split())) from error
         raise instantiation_error("dataset", error) or error from error
     except FileNotFoundError as error:
         raise data_error(cfg, error) from error
@@ -271,6 +286,33 @@ def partition_record(fed: FederatedDataset) -> dict[str, Any]:
     return record
 
 
+def probe_model(model: Any, data: DatasetSplits, choices: Mapping[str, Any]) -> None:
+    """One forward pass and loss on two training samples, so that a model that cannot take the
+    dataset's inputs (shape, dtype) or produce its targets is refused now, in one line, and not
+    with a traceback in the middle of round 1. In eval mode and without gradients: nothing about
+    the model or any random stream changes."""
+    from fedtorch.client import default_loss
+
+    if len(data.train_x) == 0:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.train_x[:2])
+            default_loss(data.num_classes)(out, data.train_y[:2])
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            "model",
+            choices.get("model", type(model).__name__),
+            f"cannot take dataset={choices.get('dataset', data.name)}'s samples (shape {tuple(data.input_shape)}, "
+            f"{data.train_x.dtype}, {data.num_classes or 'regression'} targets): {reason[:200]}",
+        ) from error
+    finally:
+        model.train(was_training)
+
+
 @dataclass
 class Built:
     """Step 2's result: the simulation and what the run folder is written from."""
@@ -324,6 +366,8 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         torch.manual_seed(derive_seed(cfg.seed, "model_init"))
         model = _build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
 
+    probe_model(model, data, p.resume.choices)
+
     # Pipeline order, client side first: attack -> compression -> DP clipping -> secure aggregation
     # -> DP noise and accounting -> byte meter (always on, so every run logs comm/bytes_*).
     train_fed = fed
@@ -344,17 +388,36 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
     run_dir = p.run_dir
     callbacks: list[Any] = list(privacy.callbacks())
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    job_overrides = parse_overrides(p.runtime.overrides)  # {key: value text}: what this job set
     if cfg.logging.tensorboard:
+        # The clean federation's label counts (an attack may have poisoned the training labels).
         counts = fed.label_counts() if fed.is_classification else fed.client_sizes().reshape(-1, 1)
-        config_text = OmegaConf.to_yaml(cfg, resolve=True)
-        callbacks.append(TensorBoard(run_dir, hparams=resolved, config_text=config_text, partition_counts=counts))
+        callbacks.append(
+            TensorBoard(
+                run_dir,
+                hparams=resolved,
+                config_text=OmegaConf.to_yaml(cfg, resolve=True),
+                overrides=job_overrides,
+                objective=cfg.get("objective"),
+                partition_counts=counts,
+                client_names=fed.client_names,
+            )
+        )
     # The virtual clock needs the federation (one device profile per client).
     clock = _optional(cfg, "clock", num_clients=fed.num_clients, seed=cfg.seed)
     if clock is not None and cfg.logging.tensorboard:
         callbacks.append(VirtualTimeTensorBoard(run_dir))
     if cfg.logging.metrics_file:
         callbacks.append(MetricsFile(run_dir / "metrics.jsonl"))
-    if cfg.logging.progress:
+    for key, node in cfg.logging.items():  # trackers: any logging.<name> node with a _target_
+        if isinstance(node, DictConfig) and node.get("_target_"):
+            # Partial: `resolved` holds _target_ keys that instantiate would otherwise build.
+            make = _build(node, f"logging.{key}", _partial_=True)
+            try:
+                callbacks.append(make(run_dir=run_dir, run_config=resolved, overrides=job_overrides))
+            except ValueError as error:  # e.g. the extra is not installed
+                raise ConfigError(f"logging.{key}", node._target_, str(error)) from error
+    if cfg.logging.progress:  # after the trackers, whose start-up is not a round
         callbacks.append(ProgressBar())
     checkpointer = None
     if cfg.get("checkpoint_every", 0):
@@ -372,6 +435,8 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         transforms=transforms,
         callbacks=callbacks,
         names=p.resume.choices,
+        eval_train=bool(cfg.get("eval_train", False)),
+        eval_train_max_samples=cfg.get("eval_train_max_samples"),
     )
     sim: Simulation
     if server.asynchronous:
@@ -423,6 +488,7 @@ def execute(p: Plan, built: Built) -> dict[str, Any]:
     summary = sim.run()
     summary["provenance"] = provenance
     summary["output_dir"] = str(p.run_dir)
+    summary["config_digest"] = config_digest(OmegaConf.to_container(p.cfg, resolve=True))
     if p.resume.checkpoint is not None:
         summary["resumed_from_round"] = p.resume.round
     return summary

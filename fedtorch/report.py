@@ -3,24 +3,41 @@
     python -m fedtorch.report outputs/multirun/2026-11-26/10-00-00
     python -m fedtorch.report SWEEP --target eval/accuracy=0.8 --provenance --out results/
 
-Every folder under the given paths that holds a run (`.hydra/`, `summary.json` or
-`metrics.jsonl`) is read: its overrides (`.hydra/overrides.yaml`), final metrics and status
-(`summary.json`), and per-round metrics (`metrics.jsonl`, else the TensorBoard event files).
-Runs that differ only in their seed form one configuration; the table has one row per
-configuration with the overrides that differ between configurations as columns, the final and best
-value of each metric and the rounds needed to reach a target, as mean +- standard deviation over
-seeds, and the wall time. Written into the output folder:
+The runs are read with `fedtorch.results` (every folder under the given paths that holds a run;
+see that module for what is read). Runs whose settings differ only in their seed form one
+configuration. Written into the output folder:
 
-- `report.md` and `report.csv`: the configuration table (the CSV at full precision);
-- `runs.csv`: one row per run (its folder, seed, status, final metrics; provenance with `--provenance`);
+- `report.md` and `report.csv`: one row per configuration (the CSV at full precision, a statistic
+  split into `<name> mean`, `<name> std` and, for rounds to a target, `<name> reached`);
+- `runs.csv`: one row per run (its folder, settings, seed, status, final metrics; provenance with
+  `--provenance`);
 - `curves_<metric>.png`: each metric against rounds, one line per configuration with a +-1 std band;
 - `<metric>_vs_bytes.png` and `<metric>_vs_epsilon.png` where runs log communication (`*bytes*`)
   or privacy (`*epsilon*`) metrics.
 
-Statistics are over the runs that finished (`summary.json` present, not diverged). Diverged and
-failed runs are never dropped silently: they are counted in the `status` column and listed by folder.
-Figures need matplotlib (`pip install -e ".[report]"`); without it the tables are still written
-and the command fails with a message saying so (or pass `--no-figures`).
+Columns. The settings come first, named by their override keys (`trainer.lr`, `rounds`, ...): every
+override key whose value differs between the runs, the seed aside. Every statistic's name holds a
+space, which no Hydra override key can, so a statistic never replaces a setting (a swept `rounds`
+stays a setting column next to the `rounds done` statistic):
+
+- `run seeds`, `run count`, `run status`: the configuration's seeds, its number of runs, and how
+  they ended (`ok`: completed; `budget-stopped`: stopped when the privacy budget was spent;
+  `diverged`; `failed`: no summary.json);
+- `<metric> final`: the run's final value (the last value it logged, from `summary.json`);
+- `<metric> best`: the best value the run reached in any round (the maximum for accuracy-like
+  names, the minimum otherwise; finite values only);
+- `rounds to <metric>>=<value>` (`<=` for loss-like metrics): the first round at which the run
+  reached the target, averaged over the runs that reached it; `(k/n)` says how many of the n
+  finished runs did, and `not reached (0/n)` that none did;
+- `rounds done`: the rounds the run trained; `wall s`: its `wall_seconds`, the wall-clock time of
+  the training loop (rounds, evaluation and callbacks; not the data loading before it).
+
+Each statistic cell is the mean ± the sample standard deviation (n - 1 in the denominator) over
+the finished runs of the configuration (status ok or budget-stopped); one run shows its value
+alone. Diverged and failed runs are never dropped silently: they are counted in `run status` and
+listed by folder. Figures need matplotlib and tables pandas (`pip install -e ".[report]"`);
+without matplotlib the tables are still written and the command fails with a message saying so
+(or pass `--no-figures`).
 
 This module reads files only; it imports neither Hydra nor torch.
 """
@@ -31,185 +48,113 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 import math
 import re
 import statistics
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+from fedtorch import results
 
-SEED_KEY = "seed"
-# Words in a metric's last name component that say which way it improves; the lower-is-better
-# words win (an `accuracy_std` across clients is better small).
-_LOWER_IS_BETTER = ("loss", "error", "perplexity", "mse", "mae", "std", "variance", "epsilon", "bytes", "seconds")
-_HIGHER_IS_BETTER = ("acc", "auc", "f1", "precision", "recall", "score", "reward", "r2")
+# Re-exported: the command line (objective direction) and older scripts import them from here.
+from fedtorch.results import (  # noqa: F401
+    MISSING,
+    SEED_KEY,
+    Run,
+    find_runs,
+    higher_is_better,
+    load_run,
+    metric_direction,
+    parse_overrides,
+    read_history,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 FIGURE_SIZE_INCHES = (7.0, 4.5)
 FIGURE_DPI = 100  # with the size above: 700 x 450 pixel PNGs
 
-
-def metric_direction(metric: str) -> str | None:
-    """'maximize' (accuracy-like), 'minimize' (loss-like) or None (the name does not say), by name."""
-    name = metric.lower().rsplit("/", 1)[-1]
-    if any(word in name for word in _LOWER_IS_BETTER):
-        return "minimize"
-    if any(word in name for word in _HIGHER_IS_BETTER):
-        return "maximize"
-    return None
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether `metric` improves upwards (accuracy) rather than downwards (loss); unknown names: downwards."""
-    return metric_direction(metric) == "maximize"
+# The report's own columns. Each holds a space, so none can be an override key (see the docstring).
+SEEDS, COUNT, STATUS = "run seeds", "run count", "run status"
+ROUNDS_DONE, WALL = "rounds done", "wall s"
+RUN_FOLDER = "run folder"
+#: How the report names each `fedtorch.results` status (a completed run is simply "ok").
+STATUS_WORDS = {
+    results.COMPLETED: "ok",
+    results.BUDGET_STOPPED: "budget-stopped",
+    results.DIVERGED: "diverged",
+    results.FAILED: "failed",
+}
 
 
-# -- reading runs -------------------------------------------------------------------------------
+def final_name(metric: str) -> str:
+    return f"{metric} final"
+
+
+def best_name(metric: str) -> str:
+    return f"{metric} best"
+
+
+# -- settings and configurations ------------------------------------------------------------------
+def setting_text(value: Any) -> str:
+    """How a setting reads in a table: as it would be typed on the command line (empty when the
+    run has no such key)."""
+    if value is MISSING:
+        return ""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def varying_keys(runs: Sequence[Run], exclude: Sequence[str] = (SEED_KEY,)) -> list[str]:
+    """The override keys whose value differs between runs, in first-seen order."""
+    keys = [k for k in results.override_keys(runs) if k not in exclude]
+    return [k for k in keys if len({setting_text(run.setting(k)) for run in runs}) > 1]
+
+
 @dataclass
-class Run:
-    """One run folder as the report sees it.
+class Group:
+    """Runs with the same configuration (the varying settings other than the seed), as text."""
 
-    `summary` is None when the run has no `summary.json` (it failed or was killed); `history`
-    holds one dict per logged round (`{"round": r, metric: value, ...}`).
-    """
+    settings: dict[str, str]
+    runs: list[Run]
 
-    path: Path
-    overrides: dict[str, str] = field(default_factory=dict)
-    choices: dict[str, str] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
+    @property
+    def ok_runs(self) -> list[Run]:
+        """The finished runs (completed or budget-stopped): the ones the statistics are over."""
+        return [r for r in self.runs if r.status in results.FINISHED]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "all runs"
 
     @property
     def status(self) -> str:
-        if self.summary is None:
-            return "failed"
-        return "diverged" if self.summary.get("diverged") else "ok"
-
-    @property
-    def seed(self) -> str:
-        return self.value(SEED_KEY)
-
-    @property
-    def final(self) -> dict[str, float]:
-        return dict(self.summary.get("metrics", {})) if self.summary else {}
-
-    def value(self, key: str) -> str:
-        """The run's setting for `key`: its override, else its config group choice, else its config value."""
-        if key in self.overrides:
-            return self.overrides[key]
-        if key in self.choices:
-            return "null" if self.choices[key] is None else str(self.choices[key])
-        node: Any = self.config
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return ""
-            node = node[part]
-        return json.dumps(node) if isinstance(node, (dict, list)) else str(node)
+        counts = {word: sum(STATUS_WORDS[r.status] == word for r in self.runs) for word in STATUS_WORDS.values()}
+        if counts["ok"] == len(self.runs):
+            return "ok"
+        return ", ".join(f"{n} {word}" for word, n in counts.items() if n)
 
 
-def _natural_key(path: Path) -> list[Any]:
-    """Sort job folders 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
+    """Runs with equal settings for `keys` (the seed aside) in one group, groups in first-seen order."""
+    groups: dict[tuple[str, ...], Group] = {}
+    for run in runs:
+        values = tuple(setting_text(run.setting(k)) for k in keys)
+        groups.setdefault(values, Group(dict(zip(keys, values)), [])).runs.append(run)
+    return list(groups.values())
 
 
-def _is_run_dir(path: Path) -> bool:
-    return any((path / name).exists() for name in (".hydra", "summary.json", "metrics.jsonl"))
-
-
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Every run folder at or below `paths` (hidden folders such as `.submitit/` skipped), sorted."""
-    found: list[Path] = []
-    for root in map(Path, paths):
-        if not root.exists():
-            raise FileNotFoundError(f"no such folder: {root}")
-        stack = [root]
-        while stack:
-            folder = stack.pop()
-            if _is_run_dir(folder):
-                found.append(folder)
-                continue  # a run's own subfolders (checkpoints, ...) are not runs
-            stack.extend(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return sorted(set(found), key=_natural_key)
-
-
-def parse_overrides(lines: Iterable[str]) -> dict[str, str]:
-    """Hydra command-line overrides -> {key: value}: `+k=v`, `++k=v` -> k: v; `~k` -> k: '~deleted'."""
-    parsed: dict[str, str] = {}
-    for line in lines:
-        line = str(line).strip()
-        if line.startswith("~"):
-            parsed[line[1:].split("=", 1)[0]] = "~deleted"
-            continue
-        key, sep, value = line.lstrip("+").partition("=")
-        if sep:
-            parsed[key] = value
-    return parsed
-
-
-def read_history(run_dir: str | Path) -> list[dict[str, float]]:
-    """Per-round metrics: `metrics.jsonl` when present, else the TensorBoard scalars (step = round)."""
-    run_dir = Path(run_dir)
-    jsonl = run_dir / "metrics.jsonl"
-    if jsonl.exists():
-        rows = []
-        for line in jsonl.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a killed run
-        return rows
-    if not any(run_dir.glob("events.out.tfevents.*")):
-        return []
-    return _tensorboard_history(run_dir)
-
-
-def _tensorboard_history(run_dir: Path) -> list[dict[str, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    by_round: dict[int, dict[str, float]] = {}
-    for tag in accumulator.Tags().get("scalars", []):
-        if tag.startswith("hparam/"):
-            continue  # final values for the HParams dashboard, not a per-round series
-        for event in accumulator.Scalars(tag):
-            by_round.setdefault(int(event.step), {"round": int(event.step)})[tag] = float(event.value)
-    return [by_round[r] for r in sorted(by_round)]
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text()) if path.exists() else None
-    except yaml.YAMLError:
-        return None
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read one run folder (any file may be missing: a failed run still loads)."""
-    run_dir = Path(run_dir)
-    hydra_dir = run_dir / ".hydra"
-    overrides = parse_overrides(_read_yaml(hydra_dir / "overrides.yaml") or [])
-    hydra_cfg = _read_yaml(hydra_dir / "hydra.yaml") or {}
-    choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
-    choices = {k: v for k, v in choices.items() if not k.startswith("hydra/")}
-    config = _read_yaml(hydra_dir / "config.yaml") or {}
-    summary = None
-    if (run_dir / "summary.json").exists():
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except json.JSONDecodeError:
-            summary = None  # a half-written summary (writes are atomic, so only if edited by hand)
-    return Run(run_dir, overrides, choices, config, summary, read_history(run_dir))
-
-
-# -- statistics -------------------------------------------------------------------------------
+# -- statistics -----------------------------------------------------------------------------------
 @dataclass
 class Stat:
-    """Mean and sample standard deviation of the values at hand (`n` of them)."""
+    """Mean and sample standard deviation (n - 1) of the values at hand (`n` of them)."""
 
     mean: float | None
     std: float | None
@@ -240,67 +185,8 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
-def best_value(run: Run, metric: str) -> float | None:
-    """The best value `metric` reached in any round (finite values only), else its final value."""
-    values = [row[metric] for row in run.history if _finite(row.get(metric))]
-    if not values:
-        final = run.final.get(metric)
-        return float(final) if _finite(final) else None
-    return max(values) if higher_is_better(metric) else min(values)
-
-
-def rounds_to_target(run: Run, metric: str, target: float) -> int | None:
-    """The first round at which `metric` reached `target` (>= if higher is better, else <=), or None."""
-    better = higher_is_better(metric)
-    for row in run.history:
-        value = row.get(metric)
-        if _finite(value) and (value >= target if better else value <= target):
-            return int(row["round"])
-    return None
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass
-class Group:
-    """Runs with the same configuration (the varying settings other than the seed)."""
-
-    settings: dict[str, str]
-    runs: list[Run]
-
-    @property
-    def ok_runs(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "ok"]
-
-    @property
-    def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "all runs"
-
-    @property
-    def status(self) -> str:
-        counts = {s: sum(r.status == s for r in self.runs) for s in ("ok", "diverged", "failed")}
-        if counts["ok"] == len(self.runs):
-            return "ok"
-        return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-
-
-def varying_keys(runs: Sequence[Run], exclude: Sequence[str] = (SEED_KEY,)) -> list[str]:
-    """The override keys whose value differs between runs, in first-seen order."""
-    keys: list[str] = []
-    for run in runs:
-        keys.extend(k for k in run.overrides if k not in keys and k not in exclude)
-    return [k for k in keys if len({run.value(k) for run in runs}) > 1]
-
-
-def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
-    """Runs with equal values for `keys` (the seed aside) in one group, groups in first-seen order."""
-    groups: dict[tuple[str, ...], Group] = {}
-    for run in runs:
-        values = tuple(run.value(k) for k in keys)
-        groups.setdefault(values, Group(dict(zip(keys, values)), [])).runs.append(run)
-    return list(groups.values())
 
 
 @dataclass(frozen=True)
@@ -344,26 +230,78 @@ def default_metrics(runs: Sequence[Run]) -> list[str]:
     return sorted(m for m in logged if m.startswith("eval/")) or sorted(logged - {"round"})[:3]
 
 
-def table_rows(groups: Sequence[Group], metrics: Sequence[str], targets: Sequence[Target]) -> list[dict[str, Any]]:
-    """One dict per configuration: settings, counts, and a `Stat` (or text) per statistic."""
+@dataclass
+class Tables:
+    """The DataFrames the report's numbers come from (`fedtorch.results`), one row per run and per
+    (run, round), with the per-run best values and rounds to each target."""
+
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    best: dict[str, pd.Series]
+    rounds_to: dict[Target, pd.Series]
+
+    @classmethod
+    def of(cls, runs: Sequence[Run], metrics: Sequence[str], targets: Sequence[Target]) -> Tables:
+        frame = results.runs_frame(runs, keys=[])
+        curves = results.curves_frame(runs, keys=[])
+        for metric in metrics:  # a metric no run logged is an empty column, not an error
+            for table in (frame, curves):
+                if metric not in table:
+                    table[metric] = math.nan
+        best = {m: results.best(curves, m) for m in metrics}
+        reached = {t: results.rounds_to(curves, t.metric, t.value) for t in targets if t.metric in curves}
+        return cls(frame.set_index("run/path", drop=False), curves, best, reached)
+
+    def finals(self, runs: Sequence[Run], metric: str) -> list[float]:
+        values = self.runs.loc[[str(r.path) for r in runs], metric]
+        return [float(v) for v in values if _finite(v)]
+
+    def bests(self, runs: Sequence[Run], metric: str) -> list[float]:
+        """Each run's best value in any round; its final value when it logged no curve."""
+        found = []
+        for run in runs:
+            value = self.best[metric].get(str(run.path), math.nan)
+            if not _finite(value):
+                value = self.runs.at[str(run.path), metric]
+            if _finite(value):
+                found.append(float(value))
+        return found
+
+    def rounds_to_target(self, runs: Sequence[Run], target: Target) -> list[int]:
+        series = self.rounds_to.get(target)
+        if series is None:
+            return []
+        return [int(series[str(r.path)]) for r in runs if str(r.path) in series.index]
+
+    def column(self, runs: Sequence[Run], name: str) -> list[float]:
+        return [float(v) for v in self.runs.loc[[str(r.path) for r in runs], name] if _finite(v)]
+
+
+def table_rows(
+    groups: Sequence[Group], tables: Tables, metrics: Sequence[str], targets: Sequence[Target]
+) -> list[dict[str, Any]]:
+    """One dict per configuration: its settings, then a `Stat` (or text) per statistic."""
     rows = []
     for group in groups:
         ok = group.ok_runs
         row: dict[str, Any] = dict(group.settings)
-        row["seeds"] = ",".join(r.seed for r in group.runs)
-        row["runs"] = len(group.runs)
-        row["status"] = group.status
+        statistics_row: dict[str, Any] = {
+            SEEDS: ",".join(setting_text(r.setting(SEED_KEY)) for r in group.runs),
+            COUNT: len(group.runs),
+            STATUS: group.status,
+        }
         for metric in metrics:
-            finals = [r.final[metric] for r in ok if _finite(r.final.get(metric))]
-            bests = [b for b in (best_value(r, metric) for r in ok) if b is not None]
-            row[f"{metric} final"] = Stat.of(finals)
-            row[f"{metric} best"] = Stat.of(bests)
+            statistics_row[final_name(metric)] = Stat.of(tables.finals(ok, metric))
+            statistics_row[best_name(metric)] = Stat.of(tables.bests(ok, metric))
         for target in targets:
-            reached = [n for n in (rounds_to_target(r, target.metric, target.value) for r in ok) if n is not None]
-            row[target.name] = (Stat.of(reached), len(ok))
-        row["rounds"] = Stat.of([r.summary["rounds"] for r in ok])
-        row["wall s"] = Stat.of([r.summary["wall_seconds"] for r in ok])
-        rows.append(row)
+            statistics_row[target.name] = (Stat.of(tables.rounds_to_target(ok, target)), len(ok))
+        statistics_row[ROUNDS_DONE] = Stat.of(tables.column(ok, "run/rounds"))
+        statistics_row[WALL] = Stat.of(tables.column(ok, "run/wall_seconds"))
+        # By construction (a space in every statistic's name) this never fires; it keeps it so.
+        assert not set(row) & set(statistics_row), (
+            f"a statistic is named like a setting: {set(row) & set(statistics_row)}"
+        )
+        rows.append({**row, **statistics_row})
     return rows
 
 
@@ -392,7 +330,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def csv_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The table at full precision: a statistic becomes `_mean`, `_std` (and `_reached`) columns."""
+    """The table at full precision: a statistic becomes `<name> mean`, `<name> std` (and `<name> reached`) columns."""
     flat_rows = []
     for row in rows:
         flat: dict[str, Any] = {}
@@ -437,18 +375,29 @@ PROVENANCE_FIELDS = (
 )
 
 
-def run_rows(runs: Sequence[Run], metrics: Sequence[str], provenance: bool) -> list[dict[str, Any]]:
-    """One dict per run: folder, seed, status, rounds, final metrics (and provenance)."""
+def provenance_name(field_name: str) -> str:
+    return f"provenance {field_name}"
+
+
+def run_rows(
+    runs: Sequence[Run], keys: Sequence[str], metrics: Sequence[str], provenance: bool
+) -> list[dict[str, Any]]:
+    """One dict per run: folder, the varying settings and the seed, status, rounds, wall time, final
+    metrics (and provenance)."""
     rows = []
     for run in runs:
-        row: dict[str, Any] = {"run": str(run.path), "seed": run.seed, "status": run.status}
-        row["rounds"] = run.summary["rounds"] if run.summary else (run.history[-1]["round"] if run.history else 0)
+        row: dict[str, Any] = {RUN_FOLDER: str(run.path)}
+        row.update({key: setting_text(run.setting(key)) for key in [*keys, SEED_KEY]})
+        row[STATUS] = STATUS_WORDS[run.status]
+        row[ROUNDS_DONE] = run.rounds_done
+        wall = (run.summary or {}).get("wall_seconds")
+        row[WALL] = "" if wall is None else repr(wall)
         for metric in metrics:
             value = run.final.get(metric)
-            row[metric] = "" if value is None else repr(value)
+            row[final_name(metric)] = "" if value is None else repr(value)
         if provenance:
             prov = (run.summary or {}).get("provenance", {})
-            row.update({k: prov.get(k, "") for k in PROVENANCE_FIELDS})
+            row.update({provenance_name(k): prov.get(k, "") for k in PROVENANCE_FIELDS})
         rows.append(row)
     return rows
 
@@ -504,50 +453,55 @@ def _pyplot():
     return plt
 
 
-def _series(runs: Sequence[Run], y_key: str, x_key: str | None = None) -> list[tuple[float, float, float, int]]:
-    """Per round where `y_key` was logged: (mean x, mean y, std y, number of runs), over `runs`.
+def _already_cumulative(x_key: str) -> bool:
+    """Whether a logged x value is already a running total (`*total*`, `*cum*`, epsilon: privacy spent so far)."""
+    return any(word in x_key.lower() for word in ("total", "cum", "epsilon"))
 
-    x is the round, or the value of `x_key` at that round: cumulative when the key says so
-    (`*total*`, `*cum*`) or for epsilon (already the privacy spent so far), else summed over rounds.
+
+def series(curves: pd.DataFrame, runs: Sequence[Run], y_key: str, x_key: str | None = None) -> pd.DataFrame:
+    """Per round where `y_key` was logged, over `runs`: columns `x` (mean), `y` (mean), `std` (of y,
+    sample std; 0 for one run) and `n` (runs).
+
+    x is the round, or the value of `x_key` at that round: as logged when it is already cumulative
+    (see `_already_cumulative`), else summed over the rounds so far; a round that did not log it
+    keeps the running value.
     """
-    per_round: dict[int, list[tuple[float, float]]] = {}
-    for run in runs:
-        cumulative = 0.0
-        for row in run.history:
-            if x_key is not None:
-                raw = row.get(x_key)
-                if _finite(raw):
-                    already_cumulative = any(w in x_key.lower() for w in ("total", "cum", "epsilon"))
-                    cumulative = raw if already_cumulative else cumulative + raw
-                x = cumulative
-            else:
-                x = float(row["round"])
-            if _finite(row.get(y_key)):
-                per_round.setdefault(int(row["round"]), []).append((x, float(row[y_key])))
-    series = []
-    for r in sorted(per_round):
-        xs, ys = zip(*per_round[r])
-        std = statistics.stdev(ys) if len(ys) > 1 else 0.0
-        series.append((statistics.fmean(xs), statistics.fmean(ys), std, len(ys)))
-    return series
+    pd = results.require_pandas()
+    if y_key not in curves:
+        return pd.DataFrame(columns=["x", "y", "std", "n"])
+    table = curves[curves["run/path"].isin([str(r.path) for r in runs])].copy()
+    table["y"] = results.finite_or_nan(table[y_key])
+    if x_key is None:
+        table["x"] = table[results.ROUND].astype(float)
+    else:
+        raw = results.finite_or_nan(table[x_key]) if x_key in table else pd.Series(math.nan, index=table.index)
+        if _already_cumulative(x_key):
+            table["x"] = raw.groupby(table["run/path"], sort=False).ffill().fillna(0.0)
+        else:
+            table["x"] = raw.fillna(0.0).groupby(table["run/path"], sort=False).cumsum()
+    table = table.dropna(subset=["y"])
+    per_round = table.groupby(results.ROUND, sort=True)
+    out = per_round.agg(x=("x", "mean"), y=("y", "mean"), std=("y", "std"), n=("y", "size"))
+    out["std"] = out["std"].fillna(0.0)
+    return out
 
 
-def _plot(plt: Any, groups: Sequence[Group], y_key: str, x_key: str | None, x_label: str, path: Path) -> bool:
+def _plot(
+    plt: Any, groups: Sequence[Group], curves: pd.DataFrame, y_key: str, x_key: str | None, x_label: str, path: Path
+) -> bool:
     """One line (mean over seeds) with a +-1 std band per configuration; False when nothing to draw."""
     fig, ax = plt.subplots(figsize=FIGURE_SIZE_INCHES, dpi=FIGURE_DPI)
     drawn = False
     for group in groups:
-        series = _series(group.ok_runs, y_key, x_key)
-        if not series:
+        points = series(curves, group.ok_runs, y_key, x_key)
+        if points.empty:
             continue
-        xs, ys, stds, _ = zip(*series)
         n_seeds = len(group.ok_runs)
         label = group.label + (f" ({n_seeds} seeds)" if n_seeds > 1 else "")
-        (line,) = ax.plot(xs, ys, label=label, linewidth=1.5)
+        (line,) = ax.plot(points["x"], points["y"], label=label, linewidth=1.5)
         if n_seeds > 1:
-            low = [y - s for y, s in zip(ys, stds)]
-            high = [y + s for y, s in zip(ys, stds)]
-            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+            low, high = points["y"] - points["std"], points["y"] + points["std"]
+            ax.fill_between(points["x"], low, high, color=line.get_color(), alpha=0.2)
         drawn = True
     if not drawn:
         plt.close(fig)
@@ -567,9 +521,11 @@ def _plot(plt: Any, groups: Sequence[Group], y_key: str, x_key: str | None, x_la
     return True
 
 
-def _logged_keys(runs: Sequence[Run], word: str) -> list[str]:
-    keys = {k for run in runs for row in run.history for k in row if word in k.lower() and k != "round"}
-    return sorted(keys)
+def _logged_keys(curves: pd.DataFrame, runs: Sequence[Run], word: str) -> list[str]:
+    """The metrics whose name holds `word` that `runs` logged in some round."""
+    table = curves[curves["run/path"].isin([str(r.path) for r in runs])]
+    metrics = [c for c in table.columns if "/" in c and not c.startswith("run/")]
+    return sorted(c for c in metrics if word in c.lower() and table[c].notna().any())
 
 
 def _pick_bytes_key(keys: Sequence[str]) -> str:
@@ -586,29 +542,29 @@ def _slug(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", metric).strip("_")
 
 
-def write_figures(groups: Sequence[Group], metrics: Sequence[str], out_dir: Path) -> list[Path]:
+def write_figures(groups: Sequence[Group], curves: pd.DataFrame, metrics: Sequence[str], out_dir: Path) -> list[Path]:
     """The PNG figures for `groups` into `out_dir`; returns the files written."""
     plt = _pyplot()
     runs = [r for g in groups for r in g.ok_runs]
     written: list[Path] = []
     for metric in metrics:
         path = out_dir / f"curves_{_slug(metric)}.png"
-        if _plot(plt, groups, metric, None, "round", path):
+        if _plot(plt, groups, curves, metric, None, "round", path):
             written.append(path)
     main_metric = metrics[0] if metrics else None
     if main_metric is None:
         return written
-    bytes_keys = _logged_keys(runs, "bytes")
+    bytes_keys = _logged_keys(curves, runs, "bytes")
     if bytes_keys:
         key = _pick_bytes_key(bytes_keys)
         path = out_dir / f"{_slug(main_metric)}_vs_bytes.png"
-        if _plot(plt, groups, main_metric, key, f"{key} (cumulative)", path):
+        if _plot(plt, groups, curves, main_metric, key, f"{key} (cumulative)", path):
             written.append(path)
-    epsilon_keys = _logged_keys(runs, "epsilon")
+    epsilon_keys = _logged_keys(curves, runs, "epsilon")
     if epsilon_keys:
         key = epsilon_keys[0]
         path = out_dir / f"{_slug(main_metric)}_vs_epsilon.png"
-        if _plot(plt, groups, main_metric, key, key, path):
+        if _plot(plt, groups, curves, main_metric, key, key, path):
             written.append(path)
     return written
 
@@ -626,7 +582,7 @@ def png_size(path: str | Path) -> tuple[int, int]:
 def _optuna_results(paths: Sequence[Path]) -> list[str]:
     lines = []
     for root in paths:
-        result = _read_yaml(root / "optimization_results.yaml")
+        result = results.read_yaml(root / "optimization_results.yaml")
         if isinstance(result, dict) and "best_value" in result:
             params = ", ".join(f"{k}={v}" for k, v in (result.get("best_params") or {}).items())
             lines.append(f"- Optuna study in `{root}`: best value {result['best_value']!r} with {params}")
@@ -635,6 +591,15 @@ def _optuna_results(paths: Sequence[Path]) -> list[str]:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _not_ok_line(run: Run) -> str:
+    seed = setting_text(run.setting(SEED_KEY)) or "?"
+    if run.status == results.DIVERGED:
+        why = f"diverged at round {run.summary.get('diverged_round') or run.summary['rounds']}"
+    else:
+        why = f"failed: no summary.json ({run.rounds_done} rounds logged)"
+    return f"- `{run.path}` (seed {seed}): {why}"
 
 
 def build_report(
@@ -647,61 +612,73 @@ def build_report(
 ) -> dict[str, Any]:
     """Read the runs under `paths` and write the tables (and figures) into `out_dir`.
 
-    Returns {"runs", "groups", "rows", "markdown", "files"}. Tables are written before figures, so
-    they exist even when the figures fail (matplotlib missing).
+    Returns {"runs", "groups", "rows", "tables", "markdown", "files"}. Tables are written before
+    figures, so they exist even when the figures fail (matplotlib missing).
     """
     roots = [Path(p) for p in paths]
     out_dir = Path(out_dir)
-    run_dirs = [d for d in find_runs(roots) if out_dir.resolve() not in (d.resolve(), *d.resolve().parents)]
-    runs = [load_run(d) for d in run_dirs]
+    inside_out = lambda d: out_dir.resolve() in (d.resolve(), *d.resolve().parents)  # an earlier report's folder
+    runs = [run for run in results.read_runs(roots) if not inside_out(run.path)]
     metrics = list(metrics) if metrics else default_metrics(runs)
     keys = varying_keys(runs)
     groups = group_runs(runs, keys)
-    rows = table_rows(groups, metrics, targets)
+    tables = Tables.of(runs, metrics, targets)
+    rows = table_rows(groups, tables, metrics, targets)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = {s: sum(r.status == s for r in runs) for s in ("ok", "diverged", "failed")}
+    counts = {word: sum(STATUS_WORDS[r.status] == word for r in runs) for word in STATUS_WORDS.values()}
+    ended = f"{counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed"
+    if counts["budget-stopped"]:
+        ended += f", {counts['budget-stopped']} budget-stopped"
     md = [f"# fedtorch report: {', '.join(str(p) for p in roots)}", ""]
     md.append(
-        f"{_count(len(runs), 'run')} in {_count(len(groups), 'configuration')} "
-        f"({counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed). "
-        "Cells: mean ± std over the seeds of the runs that finished (status ok)."
+        f"{_count(len(runs), 'run')} in {_count(len(groups), 'configuration')} ({ended}). "
+        "Cells: mean ± sample std over the seeds of the runs that finished (ok or budget-stopped)."
     )
     md += ["", markdown_table(rows).rstrip("\n")]
     optuna = _optuna_results(roots)
     if optuna:
         md += ["", *optuna]
-    not_ok = [r for r in runs if r.status != "ok"]
+    not_ok = [r for r in runs if r.status not in results.FINISHED]
     if not_ok:
-        md += ["", "## Runs not in the statistics", ""]
-        for run in not_ok:
-            why = (
-                f"diverged at round {run.summary.get('diverged_round') or run.summary['rounds']}"
-                if run.status == "diverged"
-                else f"failed: no summary.json ({run.history[-1]['round'] if run.history else 0} rounds logged)"
-            )
-            md.append(f"- `{run.path}` (seed {run.seed or '?'}): {why}")
+        md += ["", "## Runs not in the statistics", "", *map(_not_ok_line, not_ok)]
     if provenance:
         md += ["", "## Provenance", "", provenance_markdown(runs)]
 
     files = [out_dir / "report.md", out_dir / "report.csv", out_dir / "runs.csv"]
     (out_dir / "report.csv").write_text(csv_table(rows))
-    (out_dir / "runs.csv").write_text(_to_csv(run_rows(runs, metrics, provenance)))
+    (out_dir / "runs.csv").write_text(_to_csv(run_rows(runs, keys, metrics, provenance)))
     markdown = "\n".join(md).rstrip() + "\n"
     (out_dir / "report.md").write_text(markdown)
     if figures and runs:
-        pngs = write_figures(groups, metrics, out_dir)
+        pngs = write_figures(groups, tables.curves, metrics, out_dir)
         files += pngs
         if pngs:
             markdown += "\n## Figures\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in pngs)
             (out_dir / "report.md").write_text(markdown)
-    return {"runs": runs, "groups": groups, "rows": rows, "markdown": markdown, "files": files}
+    return {"runs": runs, "groups": groups, "rows": rows, "tables": tables, "markdown": markdown, "files": files}
+
+
+_STATISTICS_HELP = """\
+columns: the settings that differ between configurations (override keys, e.g. trainer.lr, rounds),
+then statistics, each named with a space so none can replace a setting:
+  run seeds, run count, run status   the seeds, the number of runs, how they ended
+                                     (ok, budget-stopped, diverged, failed)
+  METRIC final / METRIC best         the final value / the best value in any round
+  rounds to METRIC>=VALUE            the first round reaching --target, averaged over the runs
+                                     that reached it; (k/n) counts them
+  rounds done, wall s                rounds trained; seconds of the training loop
+Each cell is the mean +- the sample standard deviation (n - 1) over the seeds of the runs that
+finished (ok or budget-stopped); one run shows its value alone. Diverged and failed runs are
+counted in `run status` and listed by folder, never averaged."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedtorch-report",
         description="Tables and figures from fedtorch run and sweep folders (seeds aggregated as mean ± std).",
+        epilog=_STATISTICS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", help="run folders, sweep folders, or folders holding them")
     parser.add_argument("--out", help="output folder (default: <path>/report for one path, else ./report)")
@@ -736,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report = build_report(
             args.paths, out, args.metrics, args.target, provenance=args.provenance, figures=not args.no_figures
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ImportError) as error:
         raise SystemExit(f"fedtorch.report: {error}") from None
     print(report["markdown"], end="")
     print("\nwritten: " + ", ".join(str(p) for p in report["files"]))

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fedtorch.errors import OptionError, check_int, check_number
+from fedtorch.errors import OptionError, check_choice, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,22 @@ class Cohort:
         ids: sorted distinct ids of the clients that train and report back.
         work: fraction of its local steps each of them completes, aligned with `ids` (1.0: all).
         sampled: clients selected before dropouts.
+        stragglers_dropped: stragglers removed from `ids` (`straggler_policy="drop"`).
     """
 
     ids: np.ndarray
     work: np.ndarray
     sampled: int
+    stragglers_dropped: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.sampled - len(self.ids)
+        """Clients that failed to report (dropouts; stragglers dropped by policy are counted apart)."""
+        return self.sampled - len(self.ids) - self.stragglers_dropped
 
     @property
     def stragglers(self) -> int:
-        return int(np.count_nonzero(self.work < 1.0))
+        return int(np.count_nonzero(self.work < 1.0)) + self.stragglers_dropped
 
 
 class ClientSampler:
@@ -68,6 +71,9 @@ class ClientSampler:
         stragglers: fraction of the reporting clients that are stragglers, in [0, 1]; the number
             of stragglers is floor(stragglers * clients), as in FedProx's code.
         min_work: a straggler completes a fraction u ~ U(min_work, 1) of its local steps, (0, 1].
+        straggler_policy: "partial": a straggler reports the work it did (FedProx's choice);
+            "drop": it reports nothing (the FedAvg baseline of Li et al. 2020, which "simply drops
+            devices that fail to complete E epochs"). Who straggles is drawn the same way for both.
     """
 
     # Class-level defaults, so a subclass that does not call `super().__init__` still works.
@@ -78,10 +84,15 @@ class ClientSampler:
     #: such a cohort by sample counts again would count size twice (`fedtorch.compatibility`).
     size_biased: bool = False
 
-    def __init__(self, dropout: float = 0.0, stragglers: float = 0.0, min_work: float = 0.0) -> None:
+    straggler_policy: str = "partial"
+
+    def __init__(
+        self, dropout: float = 0.0, stragglers: float = 0.0, min_work: float = 0.0, straggler_policy: str = "partial"
+    ) -> None:
         self.dropout = check_number("sampler.dropout", dropout, 0.0, 1.0, high_open=True)
         self.stragglers = check_number("sampler.stragglers", stragglers, 0.0, 1.0)
         self.min_work = check_number("sampler.min_work", min_work, 0.0, 1.0)
+        self.straggler_policy = check_choice("sampler.straggler_policy", straggler_policy, ("partial", "drop"))
 
     def setup(self, client_sizes: np.ndarray) -> None:
         self.client_sizes = np.asarray(client_sizes)
@@ -107,11 +118,20 @@ class ClientSampler:
         if num_stragglers:
             slow = rng.choice(len(ids), size=num_stragglers, replace=False)
             work[slow] = rng.uniform(self.min_work, 1.0, size=num_stragglers)
+        if self.straggler_policy == "drop" and num_stragglers:
+            keep = work >= 1.0
+            return Cohort(ids=ids[keep], work=work[keep], sampled=sampled, stragglers_dropped=int((~keep).sum()))
         return Cohort(ids=ids, work=work, sampled=sampled)
 
     def expected_cohort_size(self) -> float:
         """Expected clients selected per round, before dropouts (DP's normalization needs it)."""
         return float(self.num_clients)
+
+    def report_probability(self) -> float:
+        """P(a selected client reports back): 1 - dropout, and, when stragglers are dropped, about
+        1 - stragglers more (floor(stragglers * m) of the m reporting clients are dropped)."""
+        kept = 1.0 - self.stragglers if self.straggler_policy == "drop" else 1.0
+        return (1.0 - self.dropout) * kept
 
     def fixed_cohort_size(self) -> int | None:
         """The number of reporting clients when it is the same every round, else None."""

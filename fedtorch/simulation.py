@@ -69,6 +69,7 @@ class RoundStats:
     samples: int = 0
     steps: int = 0
     clients: int = 0
+    failures: int = 0  # processes whose share of the round failed (a StepFailed), summed by merge
 
     @classmethod
     def zeros(cls, device: torch.device) -> RoundStats:
@@ -146,6 +147,53 @@ def expected_total_weight(
     return float(sampler.inclusion_probabilities() @ client_sizes.astype(np.float64)) * report_probability
 
 
+def pipeline_context(
+    strategy: Strategy,
+    transforms: Sequence[UpdateTransform],
+    sampler: ClientSampler,
+    sizes: np.ndarray,
+    layout: Any,
+    global_vector: Tensor,
+    seed: int,
+    rounds: int,
+    pipeline: UpdatePipeline,
+    sampling: Any = None,
+) -> PipelineContext:
+    """What the transforms may know about the run, from the (set-up) sampler and the strategy.
+
+    `sampling`: the scheme the privacy accountant composes per step; None: the sampler's.
+    """
+    report = sampler.report_probability() * math.prod(t.report_probability for t in transforms)
+    if sampling is None:
+        sampling = accounted_sampling(sampler)
+    total = None
+    if not strategy.sets_weights:
+        total = expected_total_weight(sampler, sizes, uses_sample_weights(strategy, transforms), report)
+    return PipelineContext(
+        layout=layout,
+        num_clients=len(sizes),
+        client_sizes=sizes,
+        device=global_vector.device,
+        dtype=global_vector.dtype,
+        seed=seed,
+        rounds=rounds,
+        expected_cohort=sampler.expected_cohort_size(),
+        report_probability=report,
+        weighting=pipeline.weighting,
+        expected_total_weight=total,
+        server_lr=strategy.server_lr,
+        sampling=sampling,
+    )
+
+
+def accounted_sampling(sampler: ClientSampler) -> Any:
+    """The sampler's scheme as the privacy accountant models it, or why there is none."""
+    try:
+        return sampling_of(sampler)
+    except ValueError as error:  # only a privacy accountant needs it, and says so
+        return str(error)
+
+
 class Simulation:
     """One federated experiment.
 
@@ -166,6 +214,12 @@ class Simulation:
         callbacks: observers (TensorBoard, metrics file, progress bar, checkpoints, ...).
         loss_fn: training and evaluation loss; default from the task.
         names: the config options the components were chosen by (for one-line refusals).
+        eval_train: also evaluate the global model on the clients' training data at every
+            evaluation (`eval/train_loss`, `eval/train_accuracy`): the training objective
+            sum_k n_k F_k(w) / n that optimization papers plot (FedProx's "training loss"), unlike
+            `train/loss`, the clients' minibatch loss during local training.
+        eval_train_max_samples: evaluate on a fixed subset of at most this many training samples
+            (drawn once from a stream of its own, independent of the seed); None: all of them.
         clock: device profiles that time every job (`fedtorch.clock.VirtualClock`); None: no
             virtual time.
         server: the synchronous server mode (deadline, over-selection); default: wait for everyone.
@@ -187,6 +241,8 @@ class Simulation:
         callbacks: Sequence[Callback] = (),
         loss_fn: Callable[..., Tensor] | None = None,
         names: Mapping[str, Any] | None = None,
+        eval_train: bool = False,
+        eval_train_max_samples: int | None = None,
         clock: VirtualClock | None = None,
         server: ServerMode | None = None,
     ) -> None:
@@ -222,36 +278,31 @@ class Simulation:
             self.global_vector,
         )
         self.pipeline = UpdatePipeline(transforms, strategy.aggregator, weighting_for(strategy, transforms), strategy)
-        report = (1.0 - sampler.dropout) * math.prod(t.report_probability for t in transforms)
         sampling = self.accounted_sampling(sampler)
-        self.pipeline.setup(
-            PipelineContext(
-                layout=layout,
-                num_clients=len(sizes),
-                client_sizes=sizes,
-                device=self.device,
-                dtype=self.global_vector.dtype,
-                seed=seed,
-                rounds=rounds,
-                expected_cohort=sampler.expected_cohort_size(),
-                report_probability=report,
-                weighting=self.pipeline.weighting,
-                expected_total_weight=None
-                if strategy.sets_weights
-                else expected_total_weight(sampler, sizes, uses_sample_weights(strategy, transforms), report),
-                server_lr=strategy.server_lr,
-                sampling=sampling,
-            )
+        context = pipeline_context(
+            strategy, transforms, sampler, sizes, layout, self.global_vector, seed, rounds, self.pipeline, sampling
         )
+        self.pipeline.setup(context)
         self.backend.setup(self.runner)
         self.backend.broadcast(self.global_vector)
+        self._train_eval_index = self._training_subset(eval_max=eval_train_max_samples) if eval_train else None
+
+    def _training_subset(self, eval_max: int | None) -> Tensor:
+        """Positions of the training samples the training objective is evaluated on (every client's
+        samples, or a fixed uniform subset of them: every sample counts once, so the loss is the
+        sample-weighted mean over clients)."""
+        owned = torch.cat([ix.cpu() for ix in self.federation.client_indices]) if self.federation.num_clients else None
+        if owned is None or len(owned) == 0:
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        owned = torch.sort(owned).values
+        if eval_max is not None and eval_max < len(owned):
+            pick = np.sort(numpy_rng(0, "eval_train_subset").choice(len(owned), size=eval_max, replace=False))
+            owned = owned[torch.from_numpy(pick)]
+        return owned.to(self.device)
 
     def accounted_sampling(self, sampler: ClientSampler) -> Any:
         """The sampling scheme a privacy accountant composes per step, or why there is none."""
-        try:
-            return sampling_of(sampler)
-        except ValueError as error:  # only a privacy accountant needs it, and says so
-            return str(error)
+        return accounted_sampling(sampler)
 
     # -- what callbacks read (fedtorch.callbacks.base.RunView) ---------------------------------
     @property
@@ -308,10 +359,18 @@ class Simulation:
         self.strategy.begin_round(round_idx, cohort.ids)
         self.pipeline.begin(round_idx, cohort.ids, download_bytes=download)
         stats = RoundStats.zeros(self.device)
-        for update in self.backend.train(jobs, self.global_vector, payload):
-            stats.add(update)
-            self.pipeline.accept(update)
+        failure: StepFailed | None = None
+        try:
+            for update in self.backend.train(jobs, self.global_vector, payload):
+                stats.add(update)
+                self.pipeline.accept(update)
+        except StepFailed as error:
+            # Under the distributed backend only this process knows: the others must not wait for
+            # it in the reduce, so the failure travels with the round's statistics.
+            failure, stats.failures = error, 1
         self.backend.reduce([self.pipeline, self.strategy, self.runner.state, stats])
+        if stats.failures:
+            raise failure or StepFailed(f"round {round_idx} failed in another process")
         aggregate = self.pipeline.result()
         if aggregate is None and not self.pipeline.aborted and self.pipeline.count:
             log.warning(
@@ -459,6 +518,10 @@ class Simulation:
                 self.model, fed.test_x, fed.test_y, self.loss_fn, groups=self._test_groups(), num_groups=fed.num_clients
             ).items()
         }
+        if self._train_eval_index is not None and len(self._train_eval_index):
+            ix = self._train_eval_index
+            train = evaluate(self.model, fed.train_x[ix], fed.train_y[ix], self.loss_fn)
+            metrics.update({f"eval/train_{k}": v for k, v in train.items()})
         if self.strategy.personalized and fed.client_test_indices is not None:
             store = self.runner.state
             personal = evaluate_per_client(
@@ -498,35 +561,32 @@ class Simulation:
         wall_start = time.perf_counter()
         for callback in self.callbacks:
             callback.on_run_start(self)
-        try:
-            while self.state.round < self.rounds and self.stop_reason is None:
-                round_idx = self.state.round + 1
-                for callback in self.callbacks:
-                    callback.on_round_start(self, round_idx)
-                # The processes of a distributed run stop together: rank 0's decision binds them all.
-                self.stop_reason = self.backend.agree_stop(self.stop_reason)
-                if self.stop_reason is not None:
-                    break
-                try:
-                    metrics = self.run_round(round_idx)
-                except StepFailed as error:
-                    self.stop_reason, self.stop_message = error.reason, str(error)
-                    log.error("round %d failed: %s", round_idx, error)
-                    break
-                self.state.round = round_idx
-                self.state.history.append({"round": round_idx, **metrics})
-                if not all(math.isfinite(v) for v in metrics.values()) or not bool(
-                    torch.isfinite(self.global_vector).all()
-                ):
-                    self.stop_reason = "diverged"
-                for callback in self.callbacks:
-                    callback.on_round_end(self, round_idx, metrics)
-                self.stop_reason = self.backend.agree_stop(self.stop_reason)
-            summary = self.summary(time.perf_counter() - wall_start)
+        while self.state.round < self.rounds and self.stop_reason is None:
+            round_idx = self.state.round + 1
             for callback in self.callbacks:
-                callback.on_run_end(self, summary)
-        finally:
-            self.backend.close()
+                callback.on_round_start(self, round_idx)
+            # The processes of a distributed run stop together: rank 0's decision binds them all.
+            self.stop_reason = self.backend.agree_stop(self.stop_reason)
+            if self.stop_reason is not None:
+                break
+            try:
+                metrics = self.run_round(round_idx)
+            except StepFailed as error:
+                self.stop_reason, self.stop_message = error.reason, str(error)
+                log.error("round %d failed: %s", round_idx, error)
+                break
+            self.state.round = round_idx
+            self.state.history.append({"round": round_idx, **metrics})
+            if not all(math.isfinite(v) for v in metrics.values()) or not bool(
+                torch.isfinite(self.global_vector).all()
+            ):
+                self.stop_reason = "diverged"
+            for callback in self.callbacks:
+                callback.on_round_end(self, round_idx, metrics)
+            self.stop_reason = self.backend.agree_stop(self.stop_reason)
+        summary = self.summary(time.perf_counter() - wall_start)
+        for callback in self.callbacks:
+            callback.on_run_end(self, summary)
         return summary
 
     @property

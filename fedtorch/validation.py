@@ -16,7 +16,6 @@ data folders, are turned into the same kind of one-line message by `describe_hyd
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -25,20 +24,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fedtorch.errors import OptionError
+from fedtorch.errors import OptionError, is_int, is_number  # noqa: F401  (is_*: used below and re-exported)
 
 #: A bad configuration value: the message names the key, the value and what is allowed. The same
 #: type as the library's `OptionError`, so a constructor's refusal is a config error as it stands.
 ConfigError = OptionError
-
-
-# -- predicates (bool is an int in Python, but `rounds=true` is a typo, not 1 round) --------------
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require(cfg: DictConfig, key: str, ok: bool, allowed: str) -> None:
@@ -79,6 +69,9 @@ def _check_run(cfg: DictConfig) -> None:
         _int_at_least(cfg, "checkpoint_every", 0, " (0: no checkpoints)")
     if cfg.get("eval_max_samples") is not None:
         _int_at_least(cfg, "eval_max_samples", 1, ", or null for the whole test set")
+    require(cfg, "eval_train", isinstance(cfg.get("eval_train", False), bool), "true or false")
+    if cfg.get("eval_train_max_samples") is not None:
+        _int_at_least(cfg, "eval_train_max_samples", 1, ", or null for every training sample")
     if "resume" in cfg:
         resume = cfg.resume
         require(cfg, "resume", resume is None or isinstance(resume, str), "auto, null, or a run folder path")
@@ -104,14 +97,6 @@ def _check_trainer(cfg: DictConfig) -> None:
             require(cfg, "trainer.optimizer.dampening", is_number(d) and 0 <= d <= 1, "a number in [0, 1]")
 
 
-def _check_partition(cfg: DictConfig) -> None:
-    partition = cfg.partition
-    if "alpha" in partition:
-        _positive_number(cfg, "partition.alpha")
-    if "num_clients" in partition:
-        _int_at_least(cfg, "partition.num_clients", 1)
-
-
 def validate_backend(cfg: DictConfig, choice: str | None = None) -> None:
     """backend options, and torchrun only with backend=distributed (else every process would run
     the whole experiment on its own)."""
@@ -133,7 +118,6 @@ def validate(cfg: DictConfig, choices: dict[str, Any] | None = None) -> None:
     """The run-level checks: before anything is built, loaded or written."""
     _check_run(cfg)
     _check_trainer(cfg)
-    _check_partition(cfg)
     _check_logging(cfg)
     validate_backend(cfg, (choices or {}).get("backend"))
 

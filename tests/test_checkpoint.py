@@ -40,7 +40,7 @@ from fedtorch.models import LogisticRegression
 from fedtorch.samplers import UniformSampler
 from fedtorch.simulation import Callback, Simulation
 from fedtorch.strategies import FedAdam, Scaffold
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_cli
 
 TIMING = {"round/seconds"}
 
@@ -346,6 +346,10 @@ def test_sigkill_mid_checkpoint_and_mid_round_then_resume_equals_uninterrupted_r
     code, out = finish(start_cli(f"resume={run}", "logging.progress=false", f"hydra.run.dir={tmp_path / 'hydra'}"))
     assert code == 0, out
     assert f"run folder: {run}" in out and "resuming from round 4" in out
+    # The resumed run logs into its own folder; the other invocation's folder held only Hydra's files.
+    logs = "".join(p.read_text() for p in run.glob("*.log"))
+    assert "resuming from round 4" in logs
+    assert not (tmp_path / "hydra").exists()
 
     ref_model = torch.load(ref / "model.pt", weights_only=True)
     model = torch.load(run / "model.pt", weights_only=True)
@@ -369,3 +373,18 @@ def test_sigkill_mid_checkpoint_and_mid_round_then_resume_equals_uninterrupted_r
         if tag not in TIMING and not tag.startswith("hparam/round/seconds"):
             assert points == ref_curves[tag], tag
     assert [s for s, _ in curves["train/loss"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
+    """While one process holds a run folder, another one resuming it gets one line, not a corrupt run."""
+    from fedtorch.checkpoint import RunFolderLock
+
+    run = tmp_path / "run"
+    with RunFolderLock(run):  # held by this process, as a running run would
+        proc = run_cli(*RUN, f"hydra.run.dir={run}")
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fedtorch: error: run folder") and "is in use by" in lines[0]
+        assert not (run / "metrics.jsonl").exists() and (run / ".lock").exists()  # its folder is left alone
+    # Released (as it is when a process exits, however it exits): the folder can be used again.
+    assert run_cli(*RUN, f"hydra.run.dir={run}", "rounds=1").returncode == 0

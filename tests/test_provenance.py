@@ -31,7 +31,13 @@ def test_partition_hash_identifies_the_split_not_its_container():
     assert h == provenance.partition_hash([torch.tensor(p) for p in parts])
     assert h == provenance.partition_hash([p.tolist() for p in parts])
     assert h == provenance.partition_hash([p.astype(np.int32) for p in parts])
-    assert len(h) == 64 and int(h, 16) >= 0
+    # A second computation of the documented encoding: per client, its length then its indices, as
+    # little-endian int64 (struct, not numpy).
+    import hashlib
+    import struct
+
+    raw = b"".join(struct.pack(f"<q{len(p)}q", len(p), *p.tolist()) for p in parts)
+    assert h == hashlib.sha256(raw).hexdigest()
     # A sample moving between clients, a reordering within a client, a shifted boundary: all differ.
     assert provenance.partition_hash([[0, 3], [5, 1, 2], [4]]) != h
     assert provenance.partition_hash([[3, 0, 5], [1, 2], [4]]) != h
@@ -89,7 +95,12 @@ def test_a_run_records_its_provenance_in_summary_json(tmp_path, compose_config):
 
     _, fed = build_federation(cfg)  # the partition hash is that of the partition the config builds
     assert record["partition_sha256"] == provenance.partition_hash(fed.client_indices)
-    assert record["device"] == "cpu" and record["torch_version"] == torch.__version__
+    # device=auto: CUDA where the machine has it (the test must pass on a GPU machine as well).
+    from fedtorch.provenance import device_description
+    from fedtorch.validation import resolve_device
+
+    assert record["device"] == device_description(resolve_device("auto"))
+    assert record["torch_version"] == torch.__version__
     assert record["num_threads"] == 1
     git = provenance.git_state(REPO_ROOT)
     assert record["git_commit"] == git["commit"]  # None on both sides where git or the repository is missing

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedtorch import report
+from fedtorch import report, results
 from tests.conftest import REPO_ROOT, run_cli
 
 
@@ -113,12 +113,12 @@ def test_table_groups_seeds_with_exact_mean_and_std(sweep, tmp_path):
     result = report.build_report([sweep], out, targets=[report.Target("eval/accuracy", 0.7)], figures=False)
     rows = read_csv(out / "report.csv")
     assert [r["trainer.lr"] for r in rows] == ["0.1", "0.5"]  # the seed is grouped, not a column
-    # rounds=4 is the same everywhere: not a column (only the statistic "rounds mean" is).
-    assert "seed" not in rows[0] and "rounds" not in rows[0] and "rounds mean" in rows[0]
+    # rounds=4 is the same everywhere: not a column (only the statistic "rounds done" is).
+    assert "seed" not in rows[0] and "rounds" not in rows[0] and "rounds done mean" in rows[0]
     lr01, lr05 = rows
 
     # lr=0.1: statistics over seeds 0 and 1; seed 2 diverged and is counted, not averaged.
-    assert lr01["seeds"] == "0,1,2" and lr01["runs"] == "3" and lr01["status"] == "2 ok, 1 diverged"
+    assert lr01["run seeds"] == "0,1,2" and lr01["run count"] == "3" and lr01["run status"] == "2 ok, 1 diverged"
     assert float(lr01["eval/accuracy final mean"]) == statistics.fmean([0.8, 0.75])
     assert float(lr01["eval/accuracy final std"]) == statistics.stdev([0.8, 0.75])
     assert float(lr01["eval/accuracy best mean"]) == statistics.fmean([0.9, 0.75])
@@ -128,7 +128,7 @@ def test_table_groups_seeds_with_exact_mean_and_std(sweep, tmp_path):
     assert float(lr01["wall s mean"]) == 3.0 and float(lr01["wall s std"]) == statistics.stdev([2.0, 4.0])
 
     # lr=0.5: one finished seed (no std), one failed.
-    assert lr05["status"] == "1 ok, 1 failed"
+    assert lr05["run status"] == "1 ok, 1 failed"
     assert float(lr05["eval/accuracy final mean"]) == 0.72 and lr05["eval/accuracy final std"] == ""
     assert float(lr05["rounds to eval/accuracy>=0.7 mean"]) == 3
 
@@ -139,10 +139,39 @@ def test_table_groups_seeds_with_exact_mean_and_std(sweep, tmp_path):
     assert "| 0.1 | 0,1,2 | 3 | 2 ok, 1 diverged | 0.775 ± 0.03536 |" in markdown
     assert result["markdown"] == markdown
 
-    runs = {r["run"]: r for r in read_csv(out / "runs.csv")}
-    assert runs[str(sweep / "2")]["status"] == "diverged" and runs[str(sweep / "4")]["status"] == "failed"
-    assert runs[str(sweep / "4")]["rounds"] == "2"
-    assert float(runs[str(sweep / "0")]["eval/accuracy"]) == 0.8
+    runs = {r["run folder"]: r for r in read_csv(out / "runs.csv")}
+    assert runs[str(sweep / "2")]["run status"] == "diverged" and runs[str(sweep / "4")]["run status"] == "failed"
+    assert runs[str(sweep / "4")]["rounds done"] == "2"
+    assert float(runs[str(sweep / "0")]["eval/accuracy final"]) == 0.8
+    assert runs[str(sweep / "3")]["trainer.lr"] == "0.5" and runs[str(sweep / "3")]["seed"] == "0"
+
+
+def test_a_swept_setting_named_like_a_statistic_keeps_its_column(tmp_path):
+    """Issue 18, bug 4: `-m rounds=4,8 seed=0,1` gave two rows that could not be told apart, since the
+    completed-rounds statistic overwrote the `rounds` setting (and report.csv had no `rounds` column)."""
+    sweep = tmp_path / "sweep"
+    for job, (rounds, seed) in enumerate([(4, 0), (4, 1), (8, 0), (8, 1)]):
+        accuracies = [0.1 * (r + 1) + 0.01 * seed for r in range(rounds)]
+        make_run(sweep / str(job), [f"rounds={rounds}", f"seed={seed}"], curve(accuracies), wall_seconds=rounds + seed)
+    out = tmp_path / "out"
+    markdown = report.build_report([sweep], out, figures=False)["markdown"]
+
+    rows = read_csv(out / "report.csv")
+    assert [r["rounds"] for r in rows] == ["4", "8"]  # the setting, as swept
+    assert [float(r["rounds done mean"]) for r in rows] == [4.0, 8.0]  # the statistic, beside it
+    assert [float(r["wall s mean"]) for r in rows] == [4.5, 8.5]
+    assert [float(r["eval/accuracy final mean"]) for r in rows] == [
+        statistics.fmean([0.4, 0.41]),
+        statistics.fmean([0.8, 0.81]),
+    ]
+    assert "| rounds | run seeds | run count | run status |" in markdown
+    assert "| 4 | 0,1 | 2 | ok |" in markdown and "| 8 | 0,1 | 2 | ok |" in markdown
+    runs = read_csv(out / "runs.csv")
+    expected = [("4", "0", "4"), ("4", "1", "4"), ("8", "0", "8"), ("8", "1", "8")]
+    assert [(r["rounds"], r["seed"], r["rounds done"]) for r in runs] == expected
+    # No statistic can be named like a setting: each holds a space, which no override key can.
+    statistics_columns = [c for c in rows[0] if c != "rounds"]
+    assert all(" " in c for c in statistics_columns), statistics_columns
 
 
 def test_rounds_to_target_not_reached_and_loss_targets(sweep, tmp_path):
@@ -172,7 +201,7 @@ def test_history_from_tensorboard_when_metrics_file_is_missing(tmp_path):
         writer.add_scalar("eval/accuracy", value, step)
         writer.add_scalar("hparam/eval/accuracy", value, step)  # HParams finals are not a curve
     writer.close()
-    history = report.read_history(tmp_path)
+    history = results.read_history(tmp_path)
     assert history == [{"round": r, "eval/accuracy": v} for r, v in [(1, 0.25), (2, 0.5), (3, 0.75)]]
 
 
@@ -202,10 +231,15 @@ def test_figures_are_pngs_of_the_expected_size(tmp_path):
     for name in pngs:
         assert report.png_size(out / name) == expected
     assert "![curves_eval_accuracy](curves_eval_accuracy.png)" in (out / "report.md").read_text()
-    # The bytes axis is cumulative: 1000, 2000, 3000 bytes after rounds 1-3.
-    runs = [report.load_run(p) for p in report.find_runs([tmp_path / "sweep"])]
-    series = report._series(runs, "eval/accuracy", "comm/bytes_up")
-    assert [x for x, *_ in series] == [1000.0, 2000.0, 3000.0]
+    # The bytes axis is cumulative: 1000, 2000, 3000 bytes after rounds 1-3; epsilon is already cumulative.
+    runs = results.read_runs(tmp_path / "sweep")
+    curves = results.curves_frame(runs)
+    assert report.series(curves, runs, "eval/accuracy", "comm/bytes_up")["x"].tolist() == [1000.0, 2000.0, 3000.0]
+    assert report.series(curves, runs, "eval/accuracy", "privacy/epsilon")["x"].tolist() == [0.5, 1.0, 1.5]
+    by_round = report.series(curves, runs, "eval/accuracy")
+    assert by_round["y"].tolist() == [statistics.fmean([0.5, 0.6]), 0.7, 0.8]
+    assert by_round["std"].tolist() == pytest.approx([statistics.stdev([0.5, 0.6]), 0.0, 0.0])
+    assert by_round["n"].tolist() == [2, 2, 2]
     with pytest.raises(ValueError, match="not a PNG"):
         report.png_size(out / "report.md")
 
@@ -230,7 +264,7 @@ def test_provenance_section_flags_mixed_and_dirty_code(tmp_path):
     assert "| 1 | bbbbbbbbbb (dirty) |" in markdown and "| 2 | (not recorded) |" in markdown
     assert "2 different code states" in markdown and "uncommitted changes" in markdown
     runs = read_csv(tmp_path / "out" / "runs.csv")
-    assert runs[0]["git_commit"] == "a" * 40 and runs[1]["git_dirty"] == "True"
+    assert runs[0]["provenance git_commit"] == "a" * 40 and runs[1]["provenance git_dirty"] == "True"
 
 
 def test_report_of_a_real_sweep_matches_its_summaries(tmp_path):
@@ -255,7 +289,7 @@ def test_report_of_a_real_sweep_matches_its_summaries(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "| trainer.lr | seeds | runs | status |" in proc.stdout
+    assert "| trainer.lr | run seeds | run count | run status |" in proc.stdout
 
     summaries: dict[str, list[dict]] = {}
     for job in sorted(sweep_dir.iterdir()):
@@ -267,19 +301,19 @@ def test_report_of_a_real_sweep_matches_its_summaries(tmp_path):
     rows = read_csv(out / "report.csv")
     assert [r["trainer.lr"] for r in rows] == ["0.05", "0.2", "1e+30"]
     diverged = rows.pop()  # shown as such, with no statistics, and listed by folder
-    assert diverged["status"] == "2 diverged" and diverged["eval/accuracy final mean"] == ""
+    assert diverged["run status"] == "2 diverged" and diverged["eval/accuracy final mean"] == ""
     assert all(s["diverged"] for s in summaries["1e+30"])
     assert "## Runs not in the statistics" in proc.stdout and "diverged at round 1" in proc.stdout
     for row in rows:
         runs = summaries[row["trainer.lr"]]
-        assert row["seeds"] == "0,1" and row["status"] == "ok"
+        assert row["run seeds"] == "0,1" and row["run status"] == "ok"
         for metric in ("eval/accuracy", "eval/loss"):
             finals = [s["metrics"][metric] for s in runs]
             assert float(row[f"{metric} final mean"]) == statistics.fmean(finals)
             assert float(row[f"{metric} final std"]) == statistics.stdev(finals)
         walls = [s["wall_seconds"] for s in runs]
         assert float(row["wall s mean"]) == statistics.fmean(walls)
-        assert float(row["rounds mean"]) == 3.0
+        assert float(row["rounds done mean"]) == 3.0
 
     pngs = sorted(out.glob("*.png"))
     assert {p.name for p in pngs} >= {"curves_eval_accuracy.png", "curves_eval_loss.png"}
@@ -295,3 +329,11 @@ def test_command_line_errors_are_one_clear_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and "expected METRIC=NUMBER" in capsys.readouterr().err
     report.main([str(tmp_path), "--no-figures"])  # an empty folder: an empty report, not a crash
     assert "0 runs in 0 configurations" in capsys.readouterr().out
+
+
+def test_help_states_the_statistics(capsys):
+    with pytest.raises(SystemExit):
+        report.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "sample standard deviation (n - 1)" in text and "averaged over the runs that reached it" in text
+    assert "rounds done" in text and "named with a space so none can replace a setting" in text

@@ -100,6 +100,7 @@ def test_bad_override_is_one_line_and_exit_2(cli_main, tmp_path, overrides, mess
     assert err[0].startswith("fedtorch: error: ")
     assert re.search(message, err[0]), err[0]
     assert_no_results(run_dir)
+    assert not run_dir.exists()  # not even Hydra's .hydra/ and an empty log are left behind
 
 
 def test_corrupt_checkpoint_is_one_line(cli_main, tmp_path):

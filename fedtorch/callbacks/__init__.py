@@ -5,5 +5,15 @@ from fedtorch.callbacks.checkpoint import Checkpoint
 from fedtorch.callbacks.metrics_file import MetricsFile
 from fedtorch.callbacks.progress import ProgressBar
 from fedtorch.callbacks.tensorboard import TensorBoard
+from fedtorch.callbacks.trackers import MLflowTracker, WandbTracker  # the trackers import their packages when built
 
-__all__ = ["Callback", "RunView", "Checkpoint", "MetricsFile", "ProgressBar", "TensorBoard"]
+__all__ = [
+    "Callback",
+    "RunView",
+    "Checkpoint",
+    "MetricsFile",
+    "MLflowTracker",
+    "ProgressBar",
+    "TensorBoard",
+    "WandbTracker",
+]

@@ -19,7 +19,14 @@ from fedtorch.checkpoint.files import (
     to_safe,
 )
 from fedtorch.checkpoint.lock import RunFolderLock
-from fedtorch.checkpoint.resume import FINAL_STOPS, RESUMABLE_KEYS, ResumePlan, config_differences, plan_resume
+from fedtorch.checkpoint.resume import (
+    FINAL_STOPS,
+    RESUMABLE_KEYS,
+    ResumePlan,
+    config_differences,
+    config_digest,
+    plan_resume,
+)
 from fedtorch.checkpoint.rng import rng_state, set_rng_state
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "RunFolderLock",
     "checkpoint_path",
     "config_differences",
+    "config_digest",
     "from_safe",
     "list_checkpoints",
     "load_checkpoint",

@@ -137,7 +137,14 @@ def plan_resume(
     if resume is None or resume == "auto":
         found = list_checkpoints(output_dir)
         if not found:
-            return ResumePlan(run_dir=output_dir, config=config, choices=choices)
+            plan = ResumePlan(run_dir=output_dir, config=config, choices=choices)
+            summary = _read_summary(output_dir)
+            if resume == "auto" and summary is not None and _same_run(summary, config):
+                # A finished run without checkpoints (checkpoint_every=0): left alone, never re-run
+                # (a spent privacy budget is not spent again by a second run from round 0).
+                ended = summary.get("stop_reason") in FINAL_STOPS or summary.get("rounds") == config.get("rounds")
+                plan.finished = summary if ended else None
+            return plan
         if resume is None:
             raise CheckpointError(
                 f"resume=null but the run folder {output_dir} already holds checkpoints of a run; use resume=auto "
@@ -192,6 +199,20 @@ def plan_resume(
         # Killed after its final checkpoint but before summary.json: still finished.
         plan.finished = {"rounds": checkpoint["round"], "stop_reason": checkpoint["simulation"]["stop_reason"]}
     return plan
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of a config without its `RESUMABLE_KEYS`: equal exactly when a run folder's run is the
+    same experiment (summary.json records it, for runs that keep no checkpoint)."""
+    import hashlib
+
+    kept = {k: v for k, v in _flatten(config).items() if not _allowed(k)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _same_run(summary: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a folder's summary.json belongs to a run of `config` (same digest)."""
+    return summary.get("config_digest") == config_digest(config)
 
 
 def _merge_explicit(

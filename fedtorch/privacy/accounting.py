@@ -88,6 +88,11 @@ def sampling_of(sampler: Any) -> Sampling:
     """
     kind = type(sampler)
     dropout = float(getattr(sampler, "dropout", 0.0))
+    if getattr(sampler, "straggler_policy", "partial") == "drop" and getattr(sampler, "stragglers", 0.0) > 0:
+        raise ValueError(
+            "dropping a fixed share of stragglers after selection is neither Poisson nor fixed-size sampling, "
+            "and no accountant covers it; use sampler.straggler_policy=partial"
+        )
     poisson = getattr(samplers_module, "PoissonSampler", None)
     if poisson is not None and kind is poisson:
         return Sampling.poisson(sampler.q * (1.0 - dropout), sampler.num_clients)

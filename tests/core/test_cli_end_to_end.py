@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fedtorch.validation import resolve_device
 from tests.conftest import run_cli
 
 ROUND_SCALARS = ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "round/clients", "round/seconds")
@@ -32,7 +33,7 @@ def test_single_run_writes_every_artifact(tmp_path):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["backend"] == "sequential" and summary["world_size"] == 1
-    assert summary["device"] == "cpu"
+    assert summary["device"] == str(resolve_device("auto"))  # device=auto: cuda on a GPU machine
     assert summary["metrics"]["eval/accuracy"] == rows[-1]["eval/accuracy"]
 
     state = torch.load(run_dir / "model.pt", weights_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,16 @@ from fedtorch.aggregators import CoordinateMedian
 from fedtorch.client import ClientUpdate, LocalTrainer
 from fedtorch.errors import OptionError
 from fedtorch.models import LogisticRegression
-from fedtorch.privacy import CentralDP, DPFedAvg, PrivacyAccountant, PrivacyBudget, Sampling, clip_by_norm, sampling_of
+from fedtorch.privacy import (
+    CentralDP,
+    DPFedAvg,
+    PrivacyAccountant,
+    PrivacyBudget,
+    Sampling,
+    SecureAggregation,
+    clip_by_norm,
+    sampling_of,
+)
 from fedtorch.samplers import PoissonSampler, UniformSampler
 from fedtorch.simulation import Simulation
 from fedtorch.strategies import FedAvg
@@ -180,3 +190,40 @@ def test_uniform_sampler_builds_a_replace_one_accountant():
     assert mechanism.accountant.sampling.kind == "without_replacement"
     assert mechanism.accountant.delta == pytest.approx(20**-1.1)
     assert mechanism.expected_cohort_size == 5.0
+
+
+def test_the_normalizer_counts_every_source_of_dropout():
+    """Secure aggregation's dropouts are a dropout source too: E[m] = cohort x P(report) over both.
+
+    30 clients send the same update d (well within C); 30% of them drop out of secure aggregation.
+    Without noise DP-FedAvg releases sum_{survivors} d / E[m], whose mean over rounds must be d
+    (dividing by the whole cohort, as before, releases 0.70 d)."""
+    d = torch.tensor([0.3, -0.1])
+    releases = []
+    for round_idx in range(1, 41):
+        dp = CentralDP(clip_norm=1.0, noise_multiplier=0.0)
+        secagg = SecureAggregation(seed=round_idx, dropout=0.3, threshold=0.2)
+        server = Server(FedAvg(), torch.zeros(2), [dp.clipper, secagg, dp], num_clients=30)
+        assert dp.expected_cohort_size == pytest.approx(30 * 0.7)
+        server.round(round_idx, [d] * 30)
+        releases.append(server.vector.clone())
+    mean = torch.stack(releases).mean(0)
+    # Survivors ~ Binomial(30, 0.7): the release's relative std is sqrt(0.3 / (0.7 * 30)) = 0.12 per
+    # round, 0.019 over 40 rounds; 5 standard errors.
+    torch.testing.assert_close(mean, d, rtol=0.1, atol=0)
+
+
+def test_adaptive_clipping_tracks_its_quantile_under_secure_aggregation_dropouts():
+    # Norms 0.2, 0.4, ..., 4.0 (20 clients): the 0.8-quantile is 3.2. No noise, an exact count.
+    norms = [0.2 * (k + 1) for k in range(20)]
+    dp = CentralDP(clip_norm=1.0, noise_multiplier=0.0, adaptive=True, clipped_count_stddev=0.0,
+                   target_quantile=0.8, clip_lr=0.2)  # fmt: skip
+    secagg = SecureAggregation(seed=0, dropout=0.3, threshold=0.2)
+    server = Server(FedAvg(), torch.zeros(2), [dp.clipper, secagg, dp], num_clients=20)
+    quantiles = []
+    for round_idx in range(1, 81):
+        server.round(round_idx, [torch.tensor([n, 0.0]) for n in norms])
+        quantiles.append(sum(n <= dp.clip_norm for n in norms) / 20)
+    # The quantile C sits at, averaged once it has settled: 0.8 (normalizing by the whole cohort
+    # instead of the expected survivors settles near 0.93).
+    assert np.mean(quantiles[40:]) == pytest.approx(0.8, abs=0.06)

@@ -63,3 +63,39 @@ def test_heterogeneous_steps_bias_fedavg_but_not_fednova():
         sim = simulate(fed, linear_model(fed), strategy, trainer, rounds=30, sampler=FixedWork(work))
         errors[name] = float((sim.global_vector - optimum).norm())
     assert errors["fednova"] < 0.2 * errors["fedavg"]
+
+
+@pytest.mark.parametrize(
+    "sgd",
+    [{"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}, {"momentum": 0.5, "dampening": 0.3}, {}],
+    ids=["heavy-ball", "nesterov", "dampening", "plain"],
+)
+def test_normalizing_factor_is_what_torch_sgd_does_with_a_unit_gradient(sgd):
+    """A second computation: run torch.optim.SGD itself on one parameter with a constant gradient of
+    1; the distance travelled over tau steps is lr * ||a||_1 (every coefficient is positive)."""
+    for tau in (1, 2, 8, 25):
+        p = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+        opt = torch.optim.SGD([p], lr=1.0, **sgd)
+        for _ in range(tau):
+            p.grad = torch.ones((), dtype=torch.float64)
+            opt.step()
+        expected = -float(p.detach())
+        got = normalizing_factor(tau, sgd.get("momentum", 0.0), sgd.get("nesterov", False), sgd.get("dampening", 0.0))
+        assert got == pytest.approx(expected, rel=1e-12)
+    # The issue's numbers: rho = 0.9, tau = 8: heavy ball 28.74, Nesterov 33.87.
+    assert normalizing_factor(8, 0.9) == pytest.approx(28.742, abs=1e-3)
+    assert normalizing_factor(8, 0.9, nesterov=True) == pytest.approx(33.868, abs=1e-3)
+
+
+def test_fednova_reads_nesterov_from_the_local_optimizer():
+    import functools
+
+    fed = quadratic_federation(num_clients=3, sizes=[10, 20, 30])
+    optimizer = functools.partial(torch.optim.SGD, momentum=0.9, nesterov=True)
+    trainer = LocalTrainer(optimizer, lr=0.01, epochs=4, batch_size=-1)
+    sim = simulate(fed, linear_model(fed), FedNova(), trainer, rounds=1, sampler=FixedWork([1.0, 0.5, 1.0]))
+    steps = [4, 2, 4]
+    p = np.array([10, 20, 30]) / 60
+    tau_eff = float(p @ [normalizing_factor(t, 0.9, nesterov=True) for t in steps])
+    assert sim.strategy.tau_eff == pytest.approx(tau_eff)
+    assert tau_eff != pytest.approx(float(p @ [normalizing_factor(t, 0.9) for t in steps]))

@@ -143,3 +143,27 @@ def test_server_state_checkpoints_and_resumes_exactly(make):
         _round(resumed, t, deltas)
     assert torch.equal(x, z)
     assert not math.isclose(float(x[0]), 0.0)
+
+
+def test_fedadam_without_bias_correction_is_reddi_algorithm_two():
+    """Reddi et al. 2021, Algorithm 2 as printed: m = b1 m + (1 - b1) D, v = b2 v + (1 - b2) D^2 with
+    v_{-1} = tau^2, x += eta m / (sqrt(v) + tau); no bias correction."""
+    lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
+    strategy = FedAdam(server_lr=lr, beta1=b1, beta2=b2, tau=tau, bias_correction=False)
+    x = _server(strategy, [0.5, 0.5])
+    m = torch.zeros(2, dtype=torch.float64)
+    v = torch.full((2,), tau * tau, dtype=torch.float64)
+    expected = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    for round_idx, deltas in enumerate(([[0.3, -0.1], [0.1, 0.3]], [[-0.2, 0.05], [-0.2, 0.05]]), start=1):
+        _round(strategy, round_idx, deltas)
+        delta = torch.tensor(deltas, dtype=torch.float64).mean(0)  # equal sample counts
+        m = b1 * m + (1 - b1) * delta
+        v = b2 * v + (1 - b2) * delta * delta
+        expected = expected + lr * m / (v.sqrt() + tau)
+        torch.testing.assert_close(x.double(), expected, rtol=0, atol=1e-6)
+    # The switch matters: the bias-corrected form (torch.optim.Adam) ends elsewhere on the same rounds.
+    corrected = FedAdam(server_lr=lr, beta1=b1, beta2=b2, tau=tau)
+    y = _server(corrected, [0.5, 0.5])
+    _round(corrected, 1, [[0.3, -0.1], [0.1, 0.3]])
+    _round(corrected, 2, [[-0.2, 0.05], [-0.2, 0.05]])
+    assert float((y.double() - expected).abs().max()) > 1e-2
