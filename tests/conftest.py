@@ -25,6 +25,13 @@ def shared_data_dir() -> Path:
     return Path(env) if env else (REPO_ROOT.parent / "shared" / "data").resolve()
 
 
+# The configs find the real data through $FEDTORCH_DATA (conf/config.yaml's data_dir): point it at
+# ../shared/data when the caller did not, so README's bare `pytest` command (and CI) sees the files
+# the tests expect. Subprocesses inherit it.
+if "FEDTORCH_DATA" not in os.environ and shared_data_dir().is_dir():
+    os.environ["FEDTORCH_DATA"] = str(shared_data_dir())
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 300):
     """Run `python -m fedtorch ARGS` in a subprocess; returns the CompletedProcess (text mode)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
