@@ -43,8 +43,9 @@ from fedtorch.backends.distributed import agree_on_output_dir, init_process_grou
 from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
 from fedtorch.checkpoint import CheckpointError, ResumePlan, RunFolderLock, plan_resume, remove_temporaries
 from fedtorch.compression import CommunicationMeter
-from fedtorch.data.base import DatasetSplits, FederatedDataset
-from fedtorch.data.partitions import partition_stats
+from fedtorch.data.auto import Auto
+from fedtorch.data.base import DatasetSplits, FederatedDataset, Federation
+from fedtorch.data.partitions import Natural, partition_stats
 from fedtorch.errors import OptionError
 from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.pipeline import UpdateTransform
@@ -195,10 +196,13 @@ def _optional(cfg: DictConfig, group: str) -> Any:
     return _build(node, group)
 
 
-def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetSplits, FederatedDataset]:
-    """Load the dataset and split it across clients with the configured partitioner."""
+def build_federation(
+    cfg: DictConfig, partitioner: Any = None
+) -> tuple[DatasetSplits | Federation, Federation]:
+    """Load the dataset and split it across clients with the configured partitioner (a generated or
+    prepared dataset is a federation already: then it is returned twice)."""
     try:
-        data: DatasetSplits = instantiate(cfg.dataset)
+        data: DatasetSplits | Federation = instantiate(cfg.dataset)
     except InstantiationException as error:
         # A missing data folder is a config error (data_dir), reported as one line.
         if isinstance(error.__cause__, FileNotFoundError):
@@ -211,8 +215,18 @@ def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetS
     )
 
 
-def federate(data: DatasetSplits, partitioner: Any, seed: int) -> FederatedDataset:
-    """Split `data` across clients; the partition is checked for exact coverage when it is built."""
+def federate(data: DatasetSplits | Federation, partitioner: Any, seed: int) -> Federation:
+    """Split `data` across clients; the partition is checked for exact coverage when it is built.
+
+    A dataset that is a federation already (generated clients, a prepared folder) keeps its own
+    clients: only `partition=auto` or `natural` fits it.
+    """
+    if isinstance(data, Federation):
+        if not isinstance(partitioner, (Auto, Natural)):
+            name = type(partitioner).__name__.lower()
+            allowed = f"dataset {data.name!r} comes with its own {data.num_clients} clients: use partition=auto or natural"
+            raise ConfigError("partition", name, allowed)
+        return data
     try:
         partition = partitioner(data, numpy_rng(seed, "partition"))
     except OptionError:
@@ -222,7 +236,7 @@ def federate(data: DatasetSplits, partitioner: Any, seed: int) -> FederatedDatas
     return FederatedDataset.from_partition(data, partition)
 
 
-def subsample_test_set(fed: FederatedDataset, max_samples: int, rng: np.random.Generator) -> FederatedDataset:
+def subsample_test_set(fed: Federation, max_samples: int, rng: np.random.Generator) -> Federation:
     """`fed` with a fixed random subset of at most `max_samples` of its central test samples (`eval_max_samples`).
 
     Evaluation then costs at most `max_samples` forward passes (smoke runs, quick looks at big test
@@ -235,35 +249,85 @@ def subsample_test_set(fed: FederatedDataset, max_samples: int, rng: np.random.G
     if max_samples >= total:
         return fed
     keep = torch.from_numpy(np.sort(rng.choice(total, size=max_samples, replace=False)))
-    client_test = None
-    if fed.client_test_indices is not None:
-        position = torch.full((total,), -1, dtype=torch.int64)  # old test index -> new one (-1: dropped)
-        position[keep] = torch.arange(max_samples)
-        client_test = [position[ix.cpu()][position[ix.cpu()] >= 0] for ix in fed.client_test_indices]
-    keep = keep.to(fed.test_y.device)
-    return dataclasses.replace(fed, test_x=fed.test_x[keep], test_y=fed.test_y[keep], client_test_indices=client_test)
+    return fed.with_test_subset(keep)
 
 
 #: `eval_max_samples`'s subset comes from this fixed stream, never from the run's seed.
 EVAL_SUBSET_SEED = 0
 
 
-def partition_record(fed: FederatedDataset) -> dict[str, Any]:
-    """client -> number of samples (per label for classification), for `partition.json`."""
-    counts = fed.label_counts() if fed.is_classification else None
-    stats = partition_stats(counts if counts is not None else fed.client_sizes().reshape(-1, 1))
+#: `partition.json` lists every client of a federation up to this size; a larger one gets
+#: histograms and quantiles of the client sizes (over every client) and label statistics over a
+#: fixed random sample of this many clients, so the file stays small at a million clients.
+PARTITION_RECORD_MAX_CLIENTS = 10_000
+
+#: The quantiles of the client sizes a large federation's `partition.json` records.
+SIZE_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+
+
+def partition_sample(fed: Federation, limit: int = PARTITION_RECORD_MAX_CLIENTS) -> np.ndarray | None:
+    """The clients whose label counts summarize a federation of more than `limit` clients (a fixed
+    stream of its own, sorted), or None when every client is listed."""
+    if fed.num_clients <= limit:
+        return None
+    return np.sort(numpy_rng(0, "partition_record").choice(fed.num_clients, size=limit, replace=False))
+
+
+def partition_record(fed: Federation) -> dict[str, Any]:
+    """What `partition.json` holds: every client's size (and label counts for classification) up to
+    `PARTITION_RECORD_MAX_CLIENTS` clients; beyond, exact size statistics, quantiles and a log2
+    histogram over every client, and label statistics over a fixed random sample of clients."""
+    sample = partition_sample(fed)
+    counts = fed.label_counts(sample) if fed.is_classification else None
+    sizes = fed.client_sizes()
+    if sample is not None:
+        return _large_partition_record(fed, sizes, sample, counts)
+    stats = partition_stats(counts if counts is not None else sizes.reshape(-1, 1))
     record: dict[str, Any] = {
         "num_clients": fed.num_clients,
         "stats": stats,
         "notes": dict(fed.partition_notes),  # e.g. what Dirichlet's min_size repair moved
         "clients": {},
     }
-    for k, ix in enumerate(fed.client_indices):
+    for k, size in enumerate(sizes.tolist()):
         name = fed.client_names[k] if fed.client_names else str(k)
-        entry: dict[str, Any] = {"num_samples": len(ix)}
+        entry: dict[str, Any] = {"num_samples": size}
         if counts is not None:
             entry["label_counts"] = counts[k].tolist()
         record["clients"][name] = entry
+    return record
+
+
+def _large_partition_record(
+    fed: Federation, sizes: np.ndarray, sample: np.ndarray, counts: np.ndarray | None
+) -> dict[str, Any]:
+    """`partition_record` of a federation too large to list: a few kilobytes at any size."""
+    as_float = sizes.astype(np.float64)
+    mean = float(as_float.mean())
+    top = int(sizes.max()) if len(sizes) else 0
+    edges = [0, 1] + [2**e for e in range(1, max(1, top).bit_length() + 1)]
+    histogram, _ = np.histogram(sizes, bins=np.asarray(edges, dtype=np.float64))
+    record: dict[str, Any] = {
+        "num_clients": fed.num_clients,
+        "num_samples": int(sizes.sum()),
+        "clients_listed": False,
+        "size_stats": {
+            "size_mean": mean,
+            "size_std": float(as_float.std()),
+            "size_min": float(sizes.min()),
+            "size_max": float(top),
+            "size_cv": float(as_float.std() / mean) if mean > 0 else 0.0,
+            "empty_clients": float((sizes == 0).sum()),
+        },
+        "size_quantiles": {f"{q:g}": float(v) for q, v in zip(SIZE_QUANTILES, np.quantile(sizes, SIZE_QUANTILES))},
+        # Client sizes in [edges[i], edges[i+1]) (the last bin includes its upper edge).
+        "size_histogram": {"edges": edges, "counts": histogram.tolist()},
+        "label_sample": {"clients": len(sample), "of": fed.num_clients, "stream": "numpy_rng(0, 'partition_record')"},
+        "notes": dict(fed.partition_notes),
+    }
+    if counts is not None:
+        record["stats"] = partition_stats(counts)  # label statistics over the sample
+        record["label_totals_in_sample"] = counts.sum(axis=0).tolist()
     return record
 
 
@@ -272,7 +336,7 @@ class Built:
     """Step 2's result: the simulation and what the run folder is written from."""
 
     sim: Simulation
-    federation: FederatedDataset  # the clean federation (before any data poisoning)
+    federation: Federation  # the clean federation (before any data poisoning)
     checkpointer: Checkpoint | None
     writer: bool  # this process writes the run folder (rank 0)
 
@@ -340,7 +404,10 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
     callbacks: list[Any] = list(privacy.callbacks())
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if cfg.logging.tensorboard:
-        counts = fed.label_counts() if fed.is_classification else fed.client_sizes().reshape(-1, 1)
+        # A huge federation's picture and statistics come from partition.json's sample of clients.
+        sample = partition_sample(fed)
+        sizes = fed.client_sizes() if sample is None else fed.client_sizes()[sample]
+        counts = fed.label_counts(sample) if fed.is_classification else sizes.reshape(-1, 1)
         config_text = OmegaConf.to_yaml(cfg, resolve=True)
         callbacks.append(TensorBoard(run_dir, hparams=resolved, config_text=config_text, partition_counts=counts))
     if cfg.logging.metrics_file:
@@ -406,7 +473,8 @@ def execute(p: Plan, built: Built) -> dict[str, Any]:
         "%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, p.device
     )
     # Collected before training: the code and tree as they were when the run started.
-    provenance = collect_provenance(p.device, fed.client_indices, list(p.runtime.rerun) or [sys.executable, *sys.argv])
+    provenance = collect_provenance(p.device, None, list(p.runtime.rerun) or [sys.executable, *sys.argv])
+    provenance["partition_sha256"] = fed.partition_sha256()  # provenance.partition_hash, without a loop
     summary = sim.run()
     summary["provenance"] = provenance
     summary["output_dir"] = str(p.run_dir)

@@ -36,7 +36,7 @@ from fedtorch.checkpoint.rng import rng_state, set_rng_state
 from fedtorch.client import ClientUpdate, LocalTrainer
 from fedtorch.client_state import ClientStateStore
 from fedtorch.compatibility import check_composition, uses_sample_weights, weighting_for
-from fedtorch.data.base import FederatedDataset
+from fedtorch.data.base import Federation
 from fedtorch.evaluation import evaluate, evaluate_per_client
 from fedtorch.pipeline import PipelineContext, StepFailed, UpdatePipeline, UpdateTransform
 from fedtorch.privacy.accounting import sampling_of
@@ -122,11 +122,13 @@ class Simulation:
         callbacks: observers (TensorBoard, metrics file, progress bar, checkpoints, ...).
         loss_fn: training and evaluation loss; default from the task.
         names: the config options the components were chosen by (for one-line refusals).
+        client_state: the per-client state store (default: an unbounded in-memory one); pass a
+            `ClientStateStore(path=..., memory_bytes=...)` to spill to memory-mapped files.
     """
 
     def __init__(
         self,
-        federation: FederatedDataset,
+        federation: Federation,
         model: nn.Module,
         strategy: Strategy,
         sampler: ClientSampler,
@@ -140,9 +142,11 @@ class Simulation:
         callbacks: Sequence[Callback] = (),
         loss_fn: Callable[..., Tensor] | None = None,
         names: Mapping[str, Any] | None = None,
+        client_state: ClientStateStore | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.runner = ClientRunner(federation, model, trainer, strategy, seed, self.device, loss_fn, ClientStateStore())
+        store = client_state if client_state is not None else ClientStateStore()
+        self.runner = ClientRunner(federation, model, trainer, strategy, seed, self.device, loss_fn, store)
         self.federation = self.runner.federation
         self.model = self.runner.model
         self.flat = self.runner.flat
@@ -283,10 +287,11 @@ class Simulation:
         transforms' model metrics (a backdoor's success rate)."""
         self.flat.load(self.global_vector)
         fed = self.federation
+        groups, num_groups = self._test_groups()
         metrics = {
             f"eval/{k}": v
             for k, v in evaluate(
-                self.model, fed.test_x, fed.test_y, self.loss_fn, groups=self._test_groups(), num_groups=fed.num_clients
+                self.model, fed.test_x, fed.test_y, self.loss_fn, groups=groups, num_groups=num_groups
             ).items()
         }
         if self.strategy.personalized and fed.client_test_indices is not None:
@@ -309,17 +314,23 @@ class Simulation:
                 metrics.update(transform.evaluate_model(self.model))
         return metrics
 
-    def _test_groups(self) -> Tensor | None:
-        """Client id of every central test sample (-1 for a sample of no client), when clients have
-        their own test splits: per-client metrics are over each client's own samples."""
+    def _test_groups(self) -> tuple[Tensor | None, int]:
+        """The group of every central test sample (-1 for a sample of no client) and the number of
+        groups, when clients have their own test splits: per-client metrics are over each client's
+        own samples. Groups number the clients that have test samples, in id order (so a million
+        clients of which a thousand hold test samples cost a thousand per-client sums, not a
+        million); the per-client summaries do not depend on the numbering."""
         if not hasattr(self, "_test_group_cache"):
             fed = self.federation
-            groups = None
+            groups, num_groups = None, 0
             if fed.client_test_indices is not None:
-                groups = torch.full((len(fed.test_y),), -1, dtype=torch.int64, device=self.device)
-                for k, ix in enumerate(fed.client_test_indices):
-                    groups[ix] = k
-            self._test_group_cache = groups
+                csr = fed.client_test_indices.numpy()
+                has_test = csr.sizes() > 0
+                compact = np.cumsum(has_test) - 1  # client k -> its group among the clients with test samples
+                owner = np.full(len(fed.test_y), -1, dtype=np.int64)
+                owner[csr.values] = compact[csr.owners()]
+                groups, num_groups = torch.from_numpy(owner).to(self.device), int(has_test.sum())
+            self._test_group_cache = (groups, num_groups)
         return self._test_group_cache
 
     # -- the run ---------------------------------------------------------------------------------
