@@ -22,7 +22,6 @@ its latest checkpoint).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -196,9 +195,7 @@ def _optional(cfg: DictConfig, group: str) -> Any:
     return _build(node, group)
 
 
-def build_federation(
-    cfg: DictConfig, partitioner: Any = None
-) -> tuple[DatasetSplits | Federation, Federation]:
+def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetSplits | Federation, Federation]:
     """Load the dataset and split it across clients with the configured partitioner (a generated or
     prepared dataset is a federation already: then it is returned twice)."""
     try:
@@ -224,7 +221,7 @@ def federate(data: DatasetSplits | Federation, partitioner: Any, seed: int) -> F
     if isinstance(data, Federation):
         if not isinstance(partitioner, (Auto, Natural)):
             name = type(partitioner).__name__.lower()
-            allowed = f"dataset {data.name!r} comes with its own {data.num_clients} clients: use partition=auto or natural"
+            allowed = f"dataset {data.name!r} has its own {data.num_clients} clients: use partition=auto or natural"
             raise ConfigError("partition", name, allowed)
         return data
     try:

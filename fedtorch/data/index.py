@@ -157,7 +157,8 @@ class ClientIndex(Sequence[Tensor]):
             return parts
         if isinstance(parts, IndexCSR):
             return cls.from_csr(parts)
-        tensors = [torch.as_tensor(np.asarray(p.cpu() if isinstance(p, Tensor) else p), dtype=torch.int64) for p in parts]
+        tensors = [torch.as_tensor(np.asarray(p.cpu() if isinstance(p, Tensor) else p), dtype=torch.int64)
+                   for p in parts]  # fmt: skip
         device = parts[0].device if len(parts) and isinstance(parts[0], Tensor) else torch.device("cpu")
         sizes = np.fromiter((t.numel() for t in tensors), dtype=np.int64, count=len(tensors))
         values = torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0, dtype=torch.int64)
