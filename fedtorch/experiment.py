@@ -38,9 +38,17 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fedtorch.backends.distributed import agree_on_output_dir, init_process_group, launched_by_torchrun, rank
+from fedtorch.backends.distributed import (
+    agree_on_output_dir,
+    init_process_group,
+    launched_by_torchrun,
+    rank,
+    world_size,
+)
 from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
+from fedtorch.callbacks.base import Callback, RunView
 from fedtorch.checkpoint import CheckpointError, ResumePlan, RunFolderLock, plan_resume, remove_temporaries
+from fedtorch.client_state import ClientStateStore
 from fedtorch.compression import CommunicationMeter
 from fedtorch.data.auto import Auto
 from fedtorch.data.base import DatasetSplits, FederatedDataset, Federation
@@ -328,6 +336,38 @@ def _large_partition_record(
     return record
 
 
+def client_state_store(cfg: DictConfig, run_dir: Path, fresh: bool) -> ClientStateStore:
+    """The per-client state store of `client_state:` (memory first, then memory-mapped files under
+    `client_state.dir`, default `<run folder>/client_state`, one sub-folder per process of a
+    distributed run). A fresh run starts it empty; a resumed run keeps its files for the checkpoint."""
+    node = cfg.get("client_state") or {}
+    memory_mb = node.get("memory_mb", 1024)
+    if not isinstance(memory_mb, (int, float)) or isinstance(memory_mb, bool) or not memory_mb >= 0:
+        raise ConfigError("client_state.memory_mb", memory_mb, "a number of MiB >= 0 (0: every row on disk)")
+    folder = Path(node.get("dir") or run_dir / "client_state").expanduser()
+    if world_size() > 1:
+        folder = folder / f"rank{rank()}"
+    return ClientStateStore(path=folder, memory_bytes=int(memory_mb * 2**20), fresh=fresh)
+
+
+class CommitClientState(Callback):
+    """On the processes that do not write checkpoints: mark the client state at the rounds rank 0
+    checkpoints (`Checkpoint`'s schedule), so every process's files commit the same rows."""
+
+    def __init__(self, store: ClientStateStore, every: int) -> None:
+        self.store, self.every, self.last = store, every, None
+
+    def on_round_end(self, run: RunView, round_idx: int, metrics: dict[str, float]) -> None:
+        final = round_idx >= run.rounds or run.stop_reason is not None
+        if run.stop_reason != "diverged" and (round_idx % self.every == 0 or final):
+            self.store.mark_checkpoint()
+            self.last = round_idx
+
+    def on_run_end(self, run: RunView, summary: dict[str, Any]) -> None:
+        if not (summary.get("diverged") or "message" in summary or run.round == 0) and self.last != run.round:
+            self.store.mark_checkpoint()
+
+
 @dataclass
 class Built:
     """Step 2's result: the simulation and what the run folder is written from."""
@@ -416,8 +456,12 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         # Last, so it saves the other callbacks' state after they have seen the round.
         checkpointer = Checkpoint(run_dir, cfg.checkpoint_every, config=resolved, choices=p.resume.choices)
         callbacks.append(checkpointer)
+    # Per-client state: memory, then the run folder's disk (a dry run never deletes anything there).
+    store = client_state_store(cfg, run_dir, fresh=p.resume.checkpoint is None and not cfg.get("dry_run", False))
     if not writer:
         callbacks = []  # logs, checkpoints and the progress bar are rank 0's; its stop decision binds all
+        if cfg.get("checkpoint_every", 0):
+            callbacks.append(CommitClientState(store, cfg.checkpoint_every))
 
     sim = Simulation(
         train_fed,
@@ -433,6 +477,7 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         transforms=transforms,
         callbacks=callbacks,
         names=p.resume.choices,
+        client_state=store,
     )
     return Built(sim=sim, federation=fed, checkpointer=checkpointer, writer=writer)
 
