@@ -227,9 +227,8 @@ def test_store_path_that_is_not_writable_is_refused_in_one_line(tmp_path):
 def test_cli_run_killed_between_checkpoints_resumes_scaffold_from_disk_bit_exact(tmp_path, compose_config):
     """SIGKILL after round 5 (checkpoint at round 3, every row of client state on disk), then the same
     command again: model.pt is the uninterrupted run's, bit for bit."""
-    from tests.test_checkpoint import finish, start_cli
-
     from fedtorch.experiment import run_experiment
+    from tests.test_checkpoint import finish, start_cli
 
     run_args = ("strategy=scaffold", "rounds=6", "checkpoint_every=3", "client_state.memory_mb=0")
     run_args += ("sampler.clients_per_round=5", "num_threads=1", "logging.progress=false", "logging.tensorboard=false")
