@@ -150,8 +150,8 @@ def _mnist_like(num_clients=12):
     )
     owner = rng.integers(0, num_clients, n)
     test_owner = rng.integers(-1, num_clients, 30)
-    partition = Partition(IndexCSR.from_owners(owner, num_clients), n, test=IndexCSR.from_owners(test_owner, num_clients),
-                          num_test_samples=30)  # fmt: skip
+    train, test = IndexCSR.from_owners(owner, num_clients), IndexCSR.from_owners(test_owner, num_clients)
+    partition = Partition(train, n, test=test, num_test_samples=30)
     return FederatedDataset.from_partition(data, partition)
 
 
