@@ -259,8 +259,12 @@ class Federation:
         ids = np.arange(self.num_clients) if clients is None else np.asarray(clients, dtype=np.int64)
         counts = np.zeros((len(ids), self.num_classes), dtype=np.int64)
         for row, k in enumerate(ids.tolist()):
-            counts[row] = np.bincount(self.client_tensors(k)[1].numpy(), minlength=self.num_classes)
+            counts[row] = np.bincount(self.client_labels(k), minlength=self.num_classes)
         return counts
+
+    def client_labels(self, client_id: int) -> np.ndarray:
+        """Client k's train targets as int64 (a kind that can read them alone overrides this)."""
+        return self.client_tensors(client_id)[1].numpy().astype(np.int64, copy=False)
 
     def partition_sha256(self) -> str:
         """A sha256 that is equal exactly when two runs train on the same split (provenance)."""

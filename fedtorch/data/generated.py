@@ -192,6 +192,31 @@ def _split_sizes(sizes: np.ndarray, train_fraction: float) -> np.ndarray:
     return np.maximum(1, np.round(train_fraction * sizes)).astype(np.int64)
 
 
+def fedprox_device(
+    rng: np.random.Generator,
+    n: int,
+    num_features: int,
+    num_classes: int,
+    alpha: float,
+    beta: float,
+    shared: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One device of FedProx's Synthetic(alpha, beta): n samples (x, y) drawn from `rng` in the paper's
+    order (u_k, B_k, W_k, b_k, v_k, x); `shared` = (W, b) for the IID variant (then x ~ N(0, Sigma)).
+    Both the eager generator (one stream for all devices) and the lazy one (one per device) call it."""
+    if shared is not None:
+        (w, b), mean_x = shared, np.zeros(num_features)
+    else:
+        u_k = rng.normal(0, np.sqrt(alpha))
+        b_k = rng.normal(0, np.sqrt(beta))
+        w = rng.normal(u_k, 1, (num_features, num_classes))
+        b = rng.normal(u_k, 1, num_classes)
+        mean_x = rng.normal(b_k, 1, num_features)
+    sigma = np.power(np.arange(1, num_features + 1, dtype=np.float64), -1.2)  # Sigma_jj = j^-1.2
+    x = mean_x + rng.normal(0, 1, (n, num_features)) * np.sqrt(sigma)
+    return x, np.argmax(x @ w + b, axis=1)  # softmax is monotone: argmax of the logits
+
+
 class FedProxSynthetic:
     """FedProx's Synthetic(alpha, beta) (Li et al. 2020, Section 5.1), one device at a time.
 
@@ -234,7 +259,6 @@ class FedProxSynthetic:
             sizes = np.minimum(sizes, self.max_samples)
         self.sizes = sizes
         self.train = _split_sizes(sizes, self.train_fraction)
-        self.sigma_sqrt = np.sqrt(np.power(np.arange(1, self.num_features + 1, dtype=np.float64), -1.2))
         shared = numpy_rng(self.seed, "fedprox_synthetic/shared")
         self.shared_w = shared.normal(0, 1, (self.num_features, self.num_classes))
         self.shared_b = shared.normal(0, 1, self.num_classes)
@@ -251,17 +275,10 @@ class FedProxSynthetic:
 
     def generate(self, client_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rng = numpy_rng(self.seed, "fedprox_synthetic/device", client_id)
-        n, features = int(self.sizes[client_id]), self.num_features
-        if self.iid:
-            w, b, mean_x = self.shared_w, self.shared_b, np.zeros(features)
-        else:
-            u_k = rng.normal(0, np.sqrt(self.alpha))
-            b_k = rng.normal(0, np.sqrt(self.beta))
-            w = rng.normal(u_k, 1, (features, self.num_classes))
-            b = rng.normal(u_k, 1, self.num_classes)
-            mean_x = rng.normal(b_k, 1, features)
-        x = mean_x + rng.normal(0, 1, (n, features)) * self.sigma_sqrt
-        y = np.argmax(x @ w + b, axis=1)  # softmax is monotone: argmax of the logits
+        shared = (self.shared_w, self.shared_b) if self.iid else None
+        x, y = fedprox_device(
+            rng, int(self.sizes[client_id]), self.num_features, self.num_classes, self.alpha, self.beta, shared
+        )
         cut = int(self.train[client_id])
         return x[:cut], y[:cut], x[cut:], y[cut:]
 
@@ -270,7 +287,25 @@ class FedProxSynthetic:
         return {"generator": "fedprox_synthetic", **{k: getattr(self, k) for k in keys}}
 
 
-class LinearRegressionClients:
+class _FixedSizeClients:
+    """Generators whose every client has `samples` train and `test_samples` test samples."""
+
+    count: int
+    samples: int
+    test_samples: int
+
+    @property
+    def num_clients(self) -> int:
+        return self.count
+
+    def train_sizes(self) -> np.ndarray:
+        return np.full(self.count, self.samples, dtype=np.int64)
+
+    def test_sizes(self) -> np.ndarray:
+        return np.full(self.count, self.test_samples, dtype=np.int64)
+
+
+class LinearRegressionClients(_FixedSizeClients):
     """The founding document's regression, client by client: y = w_k x + b + N(0, noise_std^2),
     x ~ U[0, 1), with w_k = weight + heterogeneity * N(0, 1) (0: every client shares the line).
 
@@ -302,16 +337,6 @@ class LinearRegressionClients:
         self.heterogeneity = check_number("dataset.heterogeneity", heterogeneity, 0.0)
         self.seed = check_int("dataset.seed", seed, 0)
 
-    @property
-    def num_clients(self) -> int:
-        return self.count
-
-    def train_sizes(self) -> np.ndarray:
-        return np.full(self.count, self.samples, dtype=np.int64)
-
-    def test_sizes(self) -> np.ndarray:
-        return np.full(self.count, self.test_samples, dtype=np.int64)
-
     def generate(self, client_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rng = numpy_rng(self.seed, "linear_regression/client", client_id)
         w = self.weight + self.heterogeneity * rng.normal()
@@ -325,7 +350,7 @@ class LinearRegressionClients:
         return {"generator": "linear_regression", **{k: getattr(self, k) for k in keys}}
 
 
-class SyntheticImages:
+class SyntheticImages(_FixedSizeClients):
     """Images of MNIST's shape, (1, 28, 28) in 10 classes, generated client by client.
 
     Class c has a fixed template T_c (a smooth random image: the sum of `strokes` Gaussian blobs,
@@ -371,16 +396,6 @@ class SyntheticImages:
         templates -= templates.mean(axis=(1, 2), keepdims=True)
         templates /= templates.std(axis=(1, 2), keepdims=True)
         self.templates = (templates.reshape(10, -1) * self.contrast).astype(np.float32)
-
-    @property
-    def num_clients(self) -> int:
-        return self.count
-
-    def train_sizes(self) -> np.ndarray:
-        return np.full(self.count, self.samples, dtype=np.int64)
-
-    def test_sizes(self) -> np.ndarray:
-        return np.full(self.count, self.test_samples, dtype=np.int64)
 
     def generate(self, client_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rng = numpy_rng(self.seed, "synthetic_images/client", client_id)

@@ -283,22 +283,9 @@ class MappedFederation(Federation):
         rows = self._rows(client_id)  # one contiguous block: only its pages are read
         return torch.from_numpy(np.array(self.train_x[rows])), torch.from_numpy(np.array(self.train_y[rows]))
 
-    def label_counts(self, clients: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """Per-client label counts, reading only the targets of `clients` (every client when None)."""
-        if self.num_classes is None:
-            raise ValueError("label_counts() needs a classification dataset")
-        if clients is None:
-            labels = np.asarray(self.train_y, dtype=np.int64)
-            owners = np.repeat(np.arange(self.num_clients), self.client_sizes())
-            flat = np.bincount(owners * self.num_classes + labels, minlength=self.num_clients * self.num_classes)
-            return flat.reshape(self.num_clients, self.num_classes)
-        ids = np.asarray(clients, dtype=np.int64)
-        counts = np.zeros((len(ids), self.num_classes), dtype=np.int64)
-        for row, k in enumerate(ids.tolist()):
-            counts[row] = np.bincount(
-                np.asarray(self.train_y[self._rows(k)], dtype=np.int64), minlength=self.num_classes
-            )
-        return counts
+    def client_labels(self, client_id: int) -> np.ndarray:
+        """Client k's targets alone (its inputs' pages are never read)."""
+        return np.asarray(self.train_y[self._rows(client_id)], dtype=np.int64)
 
     def partition_sha256(self) -> str:
         """The source partition's hash when the folder records it, else one over the client sizes."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedtorch.data.base import DatasetSplits
-from fedtorch.data.generated import DEFAULT_TEST_CLIENTS, FedProxSynthetic, GeneratedFederation
+from fedtorch.data.generated import DEFAULT_TEST_CLIENTS, FedProxSynthetic, GeneratedFederation, fedprox_device
 from fedtorch.errors import OptionError
 
 #: `lazy: auto` generates FedProx Synthetic device by device above this many devices (eagerly at
@@ -96,22 +96,13 @@ def load_fedprox_synthetic(
     sizes = rng.lognormal(4, 2, num_devices).astype(np.int64) + 50
     if max_samples_per_device is not None:
         sizes = np.minimum(sizes, max_samples_per_device)
-    sigma = np.power(np.arange(1, num_features + 1, dtype=np.float64), -1.2)
     shared_w = rng.normal(0, 1, (num_features, num_classes))
     shared_b = rng.normal(0, 1, num_classes)
 
     xs_train, ys_train, gs_train, xs_test, ys_test, gs_test = [], [], [], [], [], []
     for k, n in enumerate(sizes):
-        if iid:
-            w, b, mean_x = shared_w, shared_b, np.zeros(num_features)
-        else:
-            u_k = rng.normal(0, np.sqrt(alpha))
-            b_k = rng.normal(0, np.sqrt(beta))
-            w = rng.normal(u_k, 1, (num_features, num_classes))
-            b = rng.normal(u_k, 1, num_classes)
-            mean_x = rng.normal(b_k, 1, num_features)
-        x = mean_x + rng.normal(0, 1, (n, num_features)) * np.sqrt(sigma)
-        y = np.argmax(x @ w + b, axis=1)  # softmax is monotone: argmax of the logits
+        shared = (shared_w, shared_b) if iid else None
+        x, y = fedprox_device(rng, int(n), num_features, num_classes, alpha, beta, shared)
         n_train = max(1, int(round(train_fraction * n)))
         xs_train.append(x[:n_train])
         ys_train.append(y[:n_train])

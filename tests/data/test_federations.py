@@ -240,3 +240,17 @@ def test_partition_record_lists_clients_up_to_the_threshold_then_summarizes() ->
     assert record["label_sample"]["clients"] == PARTITION_RECORD_MAX_CLIENTS
     assert sum(record["label_totals_in_sample"]) == 2 * PARTITION_RECORD_MAX_CLIENTS
     assert len(json.dumps(record)) < 5000  # a few kilobytes at any size
+
+
+def test_a_federation_with_its_own_clients_refuses_a_partitioner_and_data_poisoning() -> None:
+    from fedtorch.attacks import LabelFlip
+    from fedtorch.data.partitions import IID, Natural
+    from fedtorch.experiment import federate
+
+    fed = GeneratedFederation.create(SyntheticImages(num_clients=5, samples_per_client=4, test_samples_per_client=1))
+    assert federate(fed, Natural(), seed=0) is fed
+    with pytest.raises(OptionError, match=r"partition='iid' is invalid: .* has its own 5 clients") as error:
+        federate(fed, IID(5), seed=0)
+    assert "\n" not in str(error.value)
+    with pytest.raises(OptionError, match="data poisoning needs an in-memory federation"):
+        LabelFlip(fraction=0.4, num_clients=5, seed=0).poison(fed)
