@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from fedtorch.client import ClientUpdate, LocalTrainer
 from fedtorch.clock import JobTiming, VirtualClock, step_metrics
-from fedtorch.data.base import FederatedDataset
+from fedtorch.data.base import Federation
 from fedtorch.pipeline import StepFailed, UpdateTransform
 from fedtorch.privacy.accounting import Sampling
 from fedtorch.runner import ClientJob, Payload
@@ -122,7 +122,7 @@ class AsynchronousSimulation(Simulation):
 
     def __init__(
         self,
-        federation: FederatedDataset,
+        federation: Federation,
         model: nn.Module,
         strategy: Strategy,
         trainer: LocalTrainer,

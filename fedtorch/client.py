@@ -101,6 +101,15 @@ def epoch_orders(num_samples: int, batch: int, budget: int, generator: torch.Gen
     return [torch.randperm(num_samples, generator=generator) for _ in range(-(-budget // steps_per_epoch))]
 
 
+def to_device_async(tensor: Tensor, device: torch.device) -> Tensor:
+    """`tensor` (on the CPU) on `device` without waiting for the device: a copy from pageable host memory
+    to a GPU first waits for the stream's queued kernels (one host sync per call), a copy from pinned
+    memory does not (the caching host allocator keeps the pinned block until the copy is done)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def default_loss(num_classes: int | None) -> Callable[[Tensor, Tensor], Tensor]:
     """Cross-entropy for classification, mean squared error for regression."""
     return F.cross_entropy if num_classes is not None else F.mse_loss
@@ -210,7 +219,7 @@ class LocalTrainer:
         predictions: list[Tensor] = []
         labels: list[Tensor] = []
         for perm in epoch_orders(n, batch, budget, generator):  # one epoch per permutation
-            order = indices[perm.to(indices.device)]
+            order = indices[to_device_async(perm, indices.device)]
             for start in range(0, n, batch):
                 if len(losses) == budget:
                     break
@@ -229,15 +238,25 @@ class LocalTrainer:
                     predictions.append(out.detach().argmax(-1))
                     labels.append(yb)
 
-        metrics = {"loss_sum": torch.zeros((), device=x.device), "samples_seen": torch.tensor(sum(counts))}
-        if losses:  # sum over steps of (mean batch loss * batch size)
-            weights = torch.tensor(counts, dtype=torch.float32).to(x.device, non_blocking=True)
-            metrics["loss_sum"] = torch.dot(torch.stack(losses).float(), weights)
+        metrics = {"samples_seen": torch.tensor(sum(counts))}
+        if losses:
+            # The sum over steps of (mean batch loss * batch size), without a tensor of batch sizes
+            # (its copy to a GPU would wait for the queue: a host sync per client). Every batch holds
+            # `batch` samples but the last of each epoch, the step at positions per_epoch-1 (mod
+            # per_epoch), which is `short` samples shorter: a strided slice, no index tensor.
+            stacked = torch.stack(losses).float()
+            per_epoch = -(-n // batch)
+            short = per_epoch * batch - n
+            loss_sum = stacked.sum() * batch
+            metrics["loss_sum"] = loss_sum - stacked[per_epoch - 1 :: per_epoch].sum() * short if short else loss_sum
+        else:
+            metrics["loss_sum"] = torch.zeros((), device=x.device)
         if classify:
-            metrics["correct"] = torch.zeros((), device=x.device, dtype=torch.int64)
             if predictions:
                 hits = torch.cat([p.reshape(-1) for p in predictions]) == torch.cat([t.reshape(-1) for t in labels])
                 metrics["correct"] = hits.sum()
+            else:
+                metrics["correct"] = torch.zeros((), device=x.device, dtype=torch.int64)
         update = ClientUpdate(
             client_id=client_id,
             delta=flat.vector - global_vector,

@@ -120,9 +120,11 @@ def evaluate_per_client(
     loss_sums = torch.zeros(num_clients, device=test_x.device, dtype=torch.float64)
     correct = torch.zeros(num_clients, device=test_x.device, dtype=torch.int64)
     loaded: Tensor | None = None
-    for k, indices in enumerate(client_test_indices):
-        if len(indices) == 0:
-            continue
+    # Only the clients that have test samples (a CSR index gives its sizes without a loop).
+    sizes_of = getattr(client_test_indices, "sizes", None)
+    test_sizes = sizes_of() if sizes_of is not None else np.array([len(ix) for ix in client_test_indices])
+    for k in np.flatnonzero(test_sizes).tolist():
+        indices = client_test_indices[k]
         vector = vector_for_client(k)
         if vector is not loaded:  # the same (global) vector for many clients is loaded once
             flat.load(vector)
@@ -134,7 +136,7 @@ def evaluate_per_client(
             if classify:
                 correct[k] += (out.argmax(-1) == test_y[ix]).sum()
     model.train(was_training)
-    sizes = torch.tensor([len(ix) for ix in client_test_indices], dtype=torch.float64)
+    sizes = torch.as_tensor(np.asarray(test_sizes), dtype=torch.float64)
     has_test = sizes > 0
     per_client = [{"loss": float(v)} for v in (loss_sums.cpu() / sizes.clamp(min=1))[has_test]]
     if classify:

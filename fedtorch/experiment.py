@@ -22,7 +22,6 @@ its latest checkpoint).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -41,8 +40,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from fedtorch.asynchronous import AsynchronousSimulation
-from fedtorch.backends.distributed import agree_on_output_dir, init_process_group, launched_by_torchrun, rank
+from fedtorch.backends.distributed import (
+    agree_on_output_dir,
+    init_process_group,
+    launched_by_torchrun,
+    rank,
+    world_size,
+)
 from fedtorch.callbacks import Checkpoint, MetricsFile, ProgressBar, TensorBoard
+from fedtorch.callbacks.base import Callback, RunView
 from fedtorch.callbacks.virtual_time import VirtualTimeTensorBoard
 from fedtorch.checkpoint import (
     CheckpointError,
@@ -52,10 +58,12 @@ from fedtorch.checkpoint import (
     plan_resume,
     remove_temporaries,
 )
+from fedtorch.client_state import ClientStateStore
 from fedtorch.compatibility import check_async_sampler
 from fedtorch.compression import CommunicationMeter
-from fedtorch.data.base import DatasetSplits, FederatedDataset
-from fedtorch.data.partitions import partition_stats
+from fedtorch.data.auto import Auto
+from fedtorch.data.base import DatasetSplits, FederatedDataset, Federation
+from fedtorch.data.partitions import Natural, partition_stats
 from fedtorch.errors import OptionError
 from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.pipeline import UpdateTransform
@@ -211,10 +219,11 @@ def _optional(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     return _build(node, group, **kwargs)
 
 
-def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetSplits, FederatedDataset]:
-    """Load the dataset and split it across clients with the configured partitioner."""
+def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetSplits | Federation, Federation]:
+    """Load the dataset and split it across clients with the configured partitioner (a generated or
+    prepared dataset is a federation already: then it is returned twice)."""
     try:
-        data: DatasetSplits = instantiate(cfg.dataset)
+        data: DatasetSplits | Federation = instantiate(cfg.dataset)
     except InstantiationException as error:
         # A missing data folder is a config error (data_dir), reported as one line.
         if isinstance(error.__cause__, FileNotFoundError):
@@ -230,8 +239,18 @@ def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetS
     )
 
 
-def federate(data: DatasetSplits, partitioner: Any, seed: int) -> FederatedDataset:
-    """Split `data` across clients; the partition is checked for exact coverage when it is built."""
+def federate(data: DatasetSplits | Federation, partitioner: Any, seed: int) -> Federation:
+    """Split `data` across clients; the partition is checked for exact coverage when it is built.
+
+    A dataset that is a federation already (generated clients, a prepared folder) keeps its own
+    clients: only `partition=auto` or `natural` fits it.
+    """
+    if isinstance(data, Federation):
+        if not isinstance(partitioner, (Auto, Natural)):
+            name = type(partitioner).__name__.lower()
+            allowed = f"dataset {data.name!r} has its own {data.num_clients} clients: use partition=auto or natural"
+            raise ConfigError("partition", name, allowed)
+        return data
     try:
         partition = partitioner(data, numpy_rng(seed, "partition"))
     except OptionError:
@@ -241,7 +260,7 @@ def federate(data: DatasetSplits, partitioner: Any, seed: int) -> FederatedDatas
     return FederatedDataset.from_partition(data, partition)
 
 
-def subsample_test_set(fed: FederatedDataset, max_samples: int, rng: np.random.Generator) -> FederatedDataset:
+def subsample_test_set(fed: Federation, max_samples: int, rng: np.random.Generator) -> Federation:
     """`fed` with a fixed random subset of at most `max_samples` of its central test samples (`eval_max_samples`).
 
     Evaluation then costs at most `max_samples` forward passes (smoke runs, quick looks at big test
@@ -254,60 +273,145 @@ def subsample_test_set(fed: FederatedDataset, max_samples: int, rng: np.random.G
     if max_samples >= total:
         return fed
     keep = torch.from_numpy(np.sort(rng.choice(total, size=max_samples, replace=False)))
-    client_test = None
-    if fed.client_test_indices is not None:
-        position = torch.full((total,), -1, dtype=torch.int64)  # old test index -> new one (-1: dropped)
-        position[keep] = torch.arange(max_samples)
-        client_test = [position[ix.cpu()][position[ix.cpu()] >= 0] for ix in fed.client_test_indices]
-    keep = keep.to(fed.test_y.device)
-    return dataclasses.replace(fed, test_x=fed.test_x[keep], test_y=fed.test_y[keep], client_test_indices=client_test)
+    return fed.with_test_subset(keep)
 
 
 #: `eval_max_samples`'s subset comes from this fixed stream, never from the run's seed.
 EVAL_SUBSET_SEED = 0
 
 
-def partition_record(fed: FederatedDataset) -> dict[str, Any]:
-    """client -> number of samples (per label for classification), for `partition.json`."""
-    counts = fed.label_counts() if fed.is_classification else None
-    stats = partition_stats(counts if counts is not None else fed.client_sizes().reshape(-1, 1))
+#: `partition.json` lists every client of a federation up to this size; a larger one gets
+#: histograms and quantiles of the client sizes (over every client) and label statistics over a
+#: fixed random sample of this many clients, so the file stays small at a million clients.
+PARTITION_RECORD_MAX_CLIENTS = 10_000
+
+#: The quantiles of the client sizes a large federation's `partition.json` records.
+SIZE_QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+
+
+def partition_sample(fed: Federation, limit: int = PARTITION_RECORD_MAX_CLIENTS) -> np.ndarray | None:
+    """The clients whose label counts summarize a federation of more than `limit` clients (a fixed
+    stream of its own, sorted), or None when every client is listed."""
+    if fed.num_clients <= limit:
+        return None
+    return np.sort(numpy_rng(0, "partition_record").choice(fed.num_clients, size=limit, replace=False))
+
+
+def partition_record(fed: Federation) -> dict[str, Any]:
+    """What `partition.json` holds: every client's size (and label counts for classification) up to
+    `PARTITION_RECORD_MAX_CLIENTS` clients; beyond, exact size statistics, quantiles and a log2
+    histogram over every client, and label statistics over a fixed random sample of clients."""
+    sample = partition_sample(fed)
+    counts = fed.label_counts(sample) if fed.is_classification else None
+    sizes = fed.client_sizes()
+    if sample is not None:
+        return _large_partition_record(fed, sizes, sample, counts)
+    stats = partition_stats(counts if counts is not None else sizes.reshape(-1, 1))
     record: dict[str, Any] = {
         "num_clients": fed.num_clients,
         "stats": stats,
         "notes": dict(fed.partition_notes),  # e.g. what Dirichlet's min_size repair moved
         "clients": {},
     }
-    for k, ix in enumerate(fed.client_indices):
+    for k, size in enumerate(sizes.tolist()):
         name = fed.client_names[k] if fed.client_names else str(k)
-        entry: dict[str, Any] = {"num_samples": len(ix)}
+        entry: dict[str, Any] = {"num_samples": size}
         if counts is not None:
             entry["label_counts"] = counts[k].tolist()
         record["clients"][name] = entry
     return record
 
 
-def probe_model(model: Any, data: DatasetSplits, choices: Mapping[str, Any]) -> None:
-    """One forward pass and loss on two training samples, so that a model that cannot take the
-    dataset's inputs (shape, dtype) or produce its targets is refused now, in one line, and not
-    with a traceback in the middle of round 1. In eval mode and without gradients: nothing about
-    the model or any random stream changes."""
+def _large_partition_record(
+    fed: Federation, sizes: np.ndarray, sample: np.ndarray, counts: np.ndarray | None
+) -> dict[str, Any]:
+    """`partition_record` of a federation too large to list: a few kilobytes at any size."""
+    as_float = sizes.astype(np.float64)
+    mean = float(as_float.mean())
+    top = int(sizes.max()) if len(sizes) else 0
+    edges = [0, 1] + [2**e for e in range(1, max(1, top).bit_length() + 1)]
+    histogram, _ = np.histogram(sizes, bins=np.asarray(edges, dtype=np.float64))
+    record: dict[str, Any] = {
+        "num_clients": fed.num_clients,
+        "num_samples": int(sizes.sum()),
+        "clients_listed": False,
+        "size_stats": {
+            "size_mean": mean,
+            "size_std": float(as_float.std()),
+            "size_min": float(sizes.min()),
+            "size_max": float(top),
+            "size_cv": float(as_float.std() / mean) if mean > 0 else 0.0,
+            "empty_clients": float((sizes == 0).sum()),
+        },
+        "size_quantiles": {f"{q:g}": float(v) for q, v in zip(SIZE_QUANTILES, np.quantile(sizes, SIZE_QUANTILES))},
+        # Client sizes in [edges[i], edges[i+1]) (the last bin includes its upper edge).
+        "size_histogram": {"edges": edges, "counts": histogram.tolist()},
+        "label_sample": {"clients": len(sample), "of": fed.num_clients, "stream": "numpy_rng(0, 'partition_record')"},
+        "notes": dict(fed.partition_notes),
+    }
+    if counts is not None:
+        record["stats"] = partition_stats(counts)  # label statistics over the sample
+        record["label_totals_in_sample"] = counts.sum(axis=0).tolist()
+    return record
+
+
+def client_state_store(cfg: DictConfig, run_dir: Path, fresh: bool) -> ClientStateStore:
+    """The per-client state store of `client_state:` (memory first, then memory-mapped files under
+    `client_state.dir`, default `<run folder>/client_state`, one sub-folder per process of a
+    distributed run). A fresh run starts it empty; a resumed run keeps its files for the checkpoint."""
+    node = cfg.get("client_state") or {}
+    memory_mb = node.get("memory_mb", 1024)
+    if not isinstance(memory_mb, (int, float)) or isinstance(memory_mb, bool) or not memory_mb >= 0:
+        raise ConfigError("client_state.memory_mb", memory_mb, "a number of MiB >= 0 (0: every row on disk)")
+    folder = Path(node.get("dir") or run_dir / "client_state").expanduser()
+    if world_size() > 1:
+        folder = folder / f"rank{rank()}"
+    return ClientStateStore(path=folder, memory_bytes=int(memory_mb * 2**20), fresh=fresh)
+
+
+class CommitClientState(Callback):
+    """On the processes that do not write checkpoints: mark the client state at the rounds rank 0
+    checkpoints (`Checkpoint`'s schedule), so every process's files commit the same rows."""
+
+    def __init__(self, store: ClientStateStore, every: int) -> None:
+        self.store, self.every, self.last = store, every, None
+
+    def on_round_end(self, run: RunView, round_idx: int, metrics: dict[str, float]) -> None:
+        final = round_idx >= run.rounds or run.stop_reason is not None
+        if run.stop_reason != "diverged" and (round_idx % self.every == 0 or final):
+            self.store.mark_checkpoint()
+            self.last = round_idx
+
+    def on_run_end(self, run: RunView, summary: dict[str, Any]) -> None:
+        if not (summary.get("diverged") or "message" in summary or run.round == 0) and self.last != run.round:
+            self.store.mark_checkpoint()
+
+
+def probe_model(model: Any, fed: Federation, choices: Mapping[str, Any]) -> None:
+    """One forward pass and loss on two samples of the first client that has any, so that a model
+    that cannot take the dataset's inputs (shape, dtype) or produce its targets is refused now, in
+    one line, and not with a traceback in the middle of round 1. In eval mode and without
+    gradients: nothing about the model or any random stream changes. Only that one client is
+    materialized (a lazy federation generates nothing else)."""
     from fedtorch.client import default_loss
 
-    if len(data.train_x) == 0:
+    holders = np.flatnonzero(fed.client_sizes())
+    if len(holders) == 0:
         return
+    x, y = fed.client_tensors(int(holders[0]))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(data.train_x[:2])
-            default_loss(data.num_classes)(out, data.train_y[:2])
+            out = model(x[:2])
+            default_loss(fed.num_classes)(out, y[:2])
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ConfigError(
             "model",
             choices.get("model", type(model).__name__),
-            f"cannot take dataset={choices.get('dataset', data.name)}'s samples (shape {tuple(data.input_shape)}, "
-            f"{data.train_x.dtype}, {data.num_classes or 'regression'} targets): {reason[:200]}",
+            f"cannot take dataset={choices.get('dataset', fed.name)}'s samples (shape {tuple(fed.input_shape)}, "
+            f"{x.dtype}, {fed.num_classes or 'regression'} targets): {reason[:200]}",
         ) from error
     finally:
         model.train(was_training)
@@ -318,7 +422,7 @@ class Built:
     """Step 2's result: the simulation and what the run folder is written from."""
 
     sim: Simulation
-    federation: FederatedDataset  # the clean federation (before any data poisoning)
+    federation: Federation  # the clean federation (before any data poisoning)
     checkpointer: Checkpoint | None
     writer: bool  # this process writes the run folder (rank 0)
 
@@ -366,7 +470,7 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         torch.manual_seed(derive_seed(cfg.seed, "model_init"))
         model = _build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
 
-    probe_model(model, data, p.resume.choices)
+    probe_model(model, fed, p.resume.choices)
 
     # Pipeline order, client side first: attack -> compression -> DP clipping -> secure aggregation
     # -> DP noise and accounting -> byte meter (always on, so every run logs comm/bytes_*).
@@ -390,8 +494,11 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     job_overrides = parse_overrides(p.runtime.overrides)  # {key: value text}: what this job set
     if cfg.logging.tensorboard:
-        # The clean federation's label counts (an attack may have poisoned the training labels).
-        counts = fed.label_counts() if fed.is_classification else fed.client_sizes().reshape(-1, 1)
+        # The clean federation's label counts (an attack may have poisoned the training labels); a
+        # huge federation's picture and statistics come from partition.json's sample of clients.
+        sample = partition_sample(fed)
+        sizes = fed.client_sizes() if sample is None else fed.client_sizes()[sample]
+        counts = fed.label_counts(sample) if fed.is_classification else sizes.reshape(-1, 1)
         callbacks.append(
             TensorBoard(
                 run_dir,
@@ -400,7 +507,7 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
                 overrides=job_overrides,
                 objective=cfg.get("objective"),
                 partition_counts=counts,
-                client_names=fed.client_names,
+                client_names=fed.client_names if sample is None else None,
             )
         )
     # The virtual clock needs the federation (one device profile per client).
@@ -424,8 +531,12 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         # Last, so it saves the other callbacks' state after they have seen the round.
         checkpointer = Checkpoint(run_dir, cfg.checkpoint_every, config=resolved, choices=p.resume.choices)
         callbacks.append(checkpointer)
+    # Per-client state: memory, then the run folder's disk (a dry run never deletes anything there).
+    store = client_state_store(cfg, run_dir, fresh=p.resume.checkpoint is None and not cfg.get("dry_run", False))
     if not writer:
         callbacks = []  # logs, checkpoints and the progress bar are rank 0's; its stop decision binds all
+        if cfg.get("checkpoint_every", 0):
+            callbacks.append(CommitClientState(store, cfg.checkpoint_every))
 
     common = dict(
         seed=cfg.seed,
@@ -437,6 +548,7 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         names=p.resume.choices,
         eval_train=bool(cfg.get("eval_train", False)),
         eval_train_max_samples=cfg.get("eval_train_max_samples"),
+        client_state=store,
     )
     sim: Simulation
     if server.asynchronous:
@@ -484,7 +596,8 @@ def execute(p: Plan, built: Built) -> dict[str, Any]:
         "%s: %d clients, %d parameters, device %s", fed.name, fed.num_clients, sim.flat.layout.num_params, p.device
     )
     # Collected before training: the code and tree as they were when the run started.
-    provenance = collect_provenance(p.device, fed.client_indices, list(p.runtime.rerun) or [sys.executable, *sys.argv])
+    provenance = collect_provenance(p.device, None, list(p.runtime.rerun) or [sys.executable, *sys.argv])
+    provenance["partition_sha256"] = fed.partition_sha256()  # provenance.partition_hash, without a loop
     summary = sim.run()
     summary["provenance"] = provenance
     summary["output_dir"] = str(p.run_dir)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from fedtorch.client import ClientHooks, ClientUpdate, LocalTrainer, OptimizerSettings, default_loss
 from fedtorch.client_state import ClientState, ClientStateStore
-from fedtorch.data.base import FederatedDataset
+from fedtorch.data.base import Federation
 from fedtorch.evaluation import mean_loss
 from fedtorch.params import FlatModel, VectorLayout
 from fedtorch.seeding import derive_seed, torch_generator
@@ -73,7 +73,8 @@ class ClientRunner:
     """Turns (job, downloaded weights, payload) into a `ClientUpdate`, for any client.
 
     Args:
-        federation: the clients' data (moved to `device` once).
+        federation: the clients' data (its resident tensors moved to `device` once; a lazy
+            federation's clients are materialized there when they train).
         model: a freshly built module; it becomes the worker (and evaluation) model.
         trainer: local training on one client.
         algorithm: the strategy's client half (`local_update`).
@@ -85,7 +86,7 @@ class ClientRunner:
 
     def __init__(
         self,
-        federation: FederatedDataset,
+        federation: Federation,
         model: nn.Module,
         trainer: LocalTrainer,
         algorithm: ClientAlgorithm,
@@ -105,6 +106,9 @@ class ClientRunner:
         self.state = state if state is not None else ClientStateStore()
         self.optimizer = trainer.optimizer_settings()
         self._sizes = federation.client_sizes()
+        # The client whose data was materialized last: a turn that reads its data twice (q-FFL's
+        # loss, then training) generates or maps a lazy client once.
+        self._last_client: tuple[int, tuple[Tensor, Tensor, Tensor]] | None = None
 
     @property
     def layout(self) -> VectorLayout:
@@ -118,9 +122,13 @@ class ClientRunner:
         return self._sizes
 
     def client_data(self, client_id: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(x, y, indices): the train tensors and the positions of this client's samples in them."""
-        fed = self.federation
-        return fed.train_x, fed.train_y, fed.client_indices[client_id]
+        """(x, y, indices): train tensors and the positions of this client's samples in them (the
+        whole resident tensors of an in-memory federation; a lazy client's own, materialized now)."""
+        if self._last_client is not None and self._last_client[0] == client_id:
+            return self._last_client[1]
+        data = self.federation.client_data(client_id)
+        self._last_client = (client_id, data)
+        return data
 
     def num_steps(self, job: ClientJob) -> int:
         """Local steps `job` takes (its straggler budget included): the trainer's closed form."""

@@ -24,6 +24,18 @@ out): the simulation then skips the server step.
     PoissonSampler         each client independently with probability q (DP accounting)
     CyclicSampler          round-robin over the clients in id order
     AvailabilitySampler    clients online with a probability, optionally diurnal
+
+Scale: a round costs O(cohort), never O(federation). The uniform draw is numpy's
+`Generator.choice(K, m, replace=False)`, which is already Floyd's algorithm (a hash set of the m
+ids drawn, no permutation of the K ids) whenever K <= 10,000 or m <= K / 50, and a partial shuffle
+of K ids otherwise, which is then O(50 m). The other samplers keep the draw they always made for
+federations of at most `SMALL_FEDERATION` clients (so every run of that size picks the same clients
+as before) and, above, switch to an algorithm with exactly the same distribution whose cost does not
+grow with K (different draws): Poisson sampling as a Binomial(K, q) count, then that many distinct
+uniform ids; the size-weighted draw from a Walker/Vose alias table (built once, O(K)), rejecting
+repeats; availability as a walk over distinct uniform ids with one coin each until the cohort is
+full. Their `inclusion_probabilities` and `expected_cohort_size` above the threshold are exact or a
+documented approximation that costs O(K) once, never a Monte-Carlo estimate over K-sized draws.
 """
 
 from __future__ import annotations
@@ -35,6 +47,59 @@ from typing import Any
 import numpy as np
 
 from fedtorch.errors import OptionError, check_choice, check_int, check_number
+
+#: Federations of at most this many clients keep each sampler's original draw (bit for bit); larger
+#: ones get the O(cohort) algorithm with the same distribution (see the module docstring).
+SMALL_FEDERATION = 10_000
+
+
+def distinct_uniform(num_clients: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` distinct ids uniformly from [0, num_clients), sorted, in O(count) (numpy's Floyd)."""
+    return np.sort(rng.choice(num_clients, size=count, replace=False))
+
+
+class AliasTable:
+    """Walker's alias method (Vose's construction): O(1) draws from a fixed discrete distribution.
+
+    Built once in O(K) from weights w_k >= 0 (not all 0): every slot k keeps probability
+    `accept[k]` for itself and sends the rest to `alias[k]`, so a draw is one uniform slot and one
+    uniform coin (Vose 1991, "A linear algorithm for generating random numbers with a given
+    distribution"). Draws are with replacement, each k with probability w_k / sum(w).
+    """
+
+    def __init__(self, weights: np.ndarray) -> None:
+        p = np.asarray(weights, dtype=np.float64)
+        num = len(p)
+        scaled = p * (num / p.sum())
+        accept = np.ones(num)
+        alias = np.arange(num, dtype=np.int64)
+        small = [int(i) for i in np.flatnonzero(scaled < 1.0)]
+        large = [int(i) for i in np.flatnonzero(scaled >= 1.0)]
+        while small and large:
+            s, g = small.pop(), large.pop()
+            accept[s], alias[s] = scaled[s], g
+            scaled[g] -= 1.0 - scaled[s]
+            (small if scaled[g] < 1.0 else large).append(g)
+        # What remains has scaled == 1 up to rounding: it keeps its own slot (accept = 1).
+        self.accept, self.alias = accept, alias
+
+    def draw(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        slots = rng.integers(0, len(self.accept), size=size)
+        keep = rng.random(size) < self.accept[slots]
+        return np.where(keep, slots, self.alias[slots])
+
+
+def first_distinct(candidates: np.ndarray, seen: set[int], need: int) -> list[int]:
+    """The first `need` ids of `candidates` (in order) that are not in `seen` nor repeated earlier;
+    adds them to `seen`."""
+    taken: list[int] = []
+    for k in candidates.tolist():
+        if k not in seen:
+            seen.add(k)
+            taken.append(k)
+            if len(taken) == need:
+                break
+    return taken
 
 
 @dataclass(frozen=True)
@@ -235,6 +300,12 @@ class SizeWeightedSampler(_FixedSizeSampler):
     Data", Scheme I) sample *with* replacement proportional to n_k and average uniformly, which is
     unbiased; without replacement the inclusion probabilities are only roughly proportional to
     n_k, so pair this sampler with `strategy.weighted=false` knowing it approximates Scheme I.
+
+    Above `SMALL_FEDERATION` clients the same successive sampling is drawn in O(cohort): ids with
+    replacement from an alias table of the sizes, keeping first occurrences (rejecting a repeat is
+    exactly drawing from the remaining clients in proportion to size); when the sizes are so
+    concentrated that repeats dominate, the draw continues with numpy's exact method over the
+    remaining clients, which is the same distribution.
     """
 
     size_biased = True
@@ -248,13 +319,43 @@ class SizeWeightedSampler(_FixedSizeSampler):
                 self.cohort_size,
                 f"at most the {nonempty} clients that have data (a size-weighted draw never picks an empty client)",
             )
+        self._alias = AliasTable(self.client_sizes) if self.num_clients > SMALL_FEDERATION else None
 
     def inclusion_probabilities(self) -> np.ndarray:
-        return ClientSampler.inclusion_probabilities(self)
+        """A Monte-Carlo estimate of the sampler's own draws up to `SMALL_FEDERATION` clients;
+        above, Rosen's approximation for successive sampling (Rosen 1972, "Asymptotic theory for
+        successive sampling with varying probabilities without replacement"): with p_k = n_k / n,
+        pi_k = 1 - exp(-t p_k), t solving sum_k pi_k = m (bisection; O(K) per step). Successive
+        sampling is order sampling with exponential arrival times E_k / p_k, so pi_k is the
+        chance that k arrives before the m-th arrival, 1 - exp(-t p_k) at that time t."""
+        if self.num_clients <= SMALL_FEDERATION:
+            return ClientSampler.inclusion_probabilities(self)
+        p = self.client_sizes / self.client_sizes.sum()
+        low, high = 0.0, 1.0
+        while (-np.expm1(-high * p)).sum() < self.cohort_size:
+            high *= 2.0
+        for _ in range(100):
+            mid = 0.5 * (low + high)
+            low, high = (mid, high) if (-np.expm1(-mid * p)).sum() < self.cohort_size else (low, mid)
+        return -np.expm1(-0.5 * (low + high) * p)
 
     def sample(self, round_idx: int, rng: np.random.Generator) -> np.ndarray:
-        p = self.client_sizes / self.client_sizes.sum()
-        return np.sort(rng.choice(self.num_clients, size=self.cohort_size, replace=False, p=p))
+        if self._alias is None:
+            p = self.client_sizes / self.client_sizes.sum()
+            return np.sort(rng.choice(self.num_clients, size=self.cohort_size, replace=False, p=p))
+        seen: set[int] = set()
+        chosen: list[int] = []
+        for _ in range(8):  # batches of draws with replacement; each keeps its first new ids
+            chosen += first_distinct(
+                self._alias.draw(2 * (self.cohort_size - len(chosen)), rng), seen, self.cohort_size - len(chosen)
+            )
+            if len(chosen) == self.cohort_size:
+                return np.sort(np.asarray(chosen, dtype=np.int64))
+        # Sizes so concentrated that repeats dominate: the exact successive draw over the rest.
+        rest = self.client_sizes / self.client_sizes.sum()
+        rest[chosen] = 0.0
+        more = rng.choice(self.num_clients, size=self.cohort_size - len(chosen), replace=False, p=rest / rest.sum())
+        return np.sort(np.concatenate([np.asarray(chosen, dtype=np.int64), more]))
 
 
 class PoissonSampler(ClientSampler):
@@ -273,7 +374,11 @@ class PoissonSampler(ClientSampler):
         return np.full(self.num_clients, self.q)
 
     def sample(self, round_idx: int, rng: np.random.Generator) -> np.ndarray:
-        return np.flatnonzero(rng.random(self.num_clients) < self.q)
+        if self.num_clients <= SMALL_FEDERATION:
+            return np.flatnonzero(rng.random(self.num_clients) < self.q)
+        # The same distribution in O(cohort): independent inclusions with probability q give a
+        # Binomial(K, q) cohort size, and given its size the cohort is a uniform subset.
+        return distinct_uniform(self.num_clients, int(rng.binomial(self.num_clients, self.q)), rng)
 
     def expected_cohort_size(self) -> float:
         return self.q * self.num_clients
@@ -333,14 +438,75 @@ class AvailabilitySampler(ClientSampler):
         phase = round_idx / self.period + np.arange(self.num_clients) / self.num_clients
         return np.clip(self.availability + self.amplitude * np.sin(2 * np.pi * phase), 0.0, 1.0)
 
+    def online_probability_of(self, round_idx: int, ids: np.ndarray) -> np.ndarray:
+        """p_k(round_idx) for the clients `ids` only."""
+        phase = round_idx / self.period + ids / self.num_clients
+        return np.clip(self.availability + self.amplitude * np.sin(2 * np.pi * phase), 0.0, 1.0)
+
     def sample(self, round_idx: int, rng: np.random.Generator) -> np.ndarray:
-        online = np.flatnonzero(rng.random(self.num_clients) < self.online_probability(round_idx))
-        if self.clients_per_round is None or len(online) <= self.clients_per_round:
-            return online
-        return np.sort(rng.choice(online, size=self.clients_per_round, replace=False))
+        if self.num_clients <= SMALL_FEDERATION or self.clients_per_round is None:
+            online = np.flatnonzero(rng.random(self.num_clients) < self.online_probability(round_idx))
+            if self.clients_per_round is None or len(online) <= self.clients_per_round:
+                return online
+            return np.sort(rng.choice(online, size=self.clients_per_round, replace=False))
+        return self._walk(round_idx, rng)
+
+    def _walk(self, round_idx: int, rng: np.random.Generator) -> np.ndarray:
+        """The same distribution as "m uniformly among the online clients (all when fewer)", in
+        O(m / mean availability): visit the clients in a uniformly random order (distinct uniform
+        draws), toss each one's online coin, and stop at the m-th online client. Given who is
+        online, the first m online clients of a random order are a uniform m-subset of them. A walk
+        that visits a sixteenth of the federation (availability near 0) finishes over the unvisited
+        clients in a random permutation: still exact, O(K) (vectorized) only then."""
+        need, total = self.clients_per_round, self.num_clients
+        seen: set[int] = set()
+        chosen: list[int] = []
+        while len(seen) < total // 16:
+            batch = max(4 * need, 64)
+            visited = first_distinct(rng.integers(0, total, size=batch), seen, batch)
+            ids = np.asarray(visited, dtype=np.int64)
+            online = ids[rng.random(len(ids)) < self.online_probability_of(round_idx, ids)]
+            chosen += online[: need - len(chosen)].tolist()
+            if len(chosen) == need:
+                return np.sort(np.asarray(chosen, dtype=np.int64))
+        unvisited = np.ones(total, dtype=bool)
+        unvisited[np.fromiter(seen, dtype=np.int64, count=len(seen))] = False
+        rest = rng.permutation(np.flatnonzero(unvisited))
+        online = rest[rng.random(len(rest)) < self.online_probability_of(round_idx, rest)]
+        return np.sort(np.concatenate([np.asarray(chosen, dtype=np.int64), online[: need - len(chosen)]]))
+
+    def _expected_min_at(self, round_idx: int) -> float:
+        """E[min(m, online clients in round r)] (cached: set-up asks for each round twice)."""
+        cache = self.__dict__.setdefault("_expected_min_cache", {})
+        if round_idx not in cache:
+            cache[round_idx] = _expected_min(self.online_probability(round_idx), self.clients_per_round)
+        return cache[round_idx]
+
+    def inclusion_probabilities(self) -> np.ndarray:
+        """Up to `SMALL_FEDERATION` clients a Monte-Carlo estimate (`ClientSampler`); above, the
+        approximation mean over a period of p_k(r) * E[min(m, X_r)] / E[X_r], X_r the online count
+        (a client online in round r is selected with probability about E[min(m, X)] / E[X])."""
+        if self.num_clients <= SMALL_FEDERATION:
+            return ClientSampler.inclusion_probabilities(self)
+        total = np.zeros(self.num_clients)
+        for r in range(1, self.period + 1):
+            p = self.online_probability(r)
+            online = p.sum()
+            if online > 0:
+                cap = online if self.clients_per_round is None else self._expected_min_at(r)
+                total += p * (cap / online)
+        return total / self.period
 
     def expected_cohort_size(self) -> float:
         """E[min(m, online clients)], averaged over one period of the pattern (exact per round)."""
+        if self.num_clients > SMALL_FEDERATION:
+            sizes = [
+                self._expected_min_at(r)
+                if self.clients_per_round is not None
+                else float(self.online_probability(r).sum())
+                for r in range(1, self.period + 1)
+            ]
+            return float(np.mean(sizes))
         sizes = []
         for r in range(1, self.period + 1):
             p = self.online_probability(r)
@@ -357,3 +523,40 @@ class AvailabilitySampler(ClientSampler):
 
     def fixed_cohort_size(self) -> int | None:
         return None  # who is online, and so how many clients a round gets, is random
+
+
+def _expected_min(p: np.ndarray, cap: int, block: int = 1024) -> float:
+    """E[min(cap, X)] for X ~ Poisson-binomial(p), exactly, in O(K cap) vectorized work.
+
+    E[min(cap, X)] = cap - sum_{j < cap} (cap - j) P(X = j), and P(X = j) for j < cap are the first
+    coefficients of prod_k (1 - p_k + p_k z): blocks of `block` clients are expanded side by side
+    (one vectorized step per position in a block), then multiplied pairwise, every product cut at
+    degree cap - 1 (the higher coefficients are never needed).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    mean, var = float(p.sum()), float((p * (1.0 - p)).sum())
+    gap = mean - cap
+    # Bernstein: P(X < cap) <= exp(-gap^2 / (2 var + 2 gap / 3)); below 1e-20 the answer is cap to
+    # double precision (the terms it would subtract sum to less than cap * 1e-20).
+    if gap > 0 and gap * gap / (2.0 * var + 2.0 * gap / 3.0) > 46.0:
+        return float(cap)
+    num_blocks = -(-len(p) // block)
+    padded = np.zeros(num_blocks * block)
+    padded[: len(p)] = p  # p = 0 contributes the factor 1
+    padded = padded.reshape(num_blocks, block)
+    coef = np.zeros((num_blocks, cap))
+    coef[:, 0] = 1.0
+    for i in range(block):
+        q = padded[:, i : i + 1]
+        coef[:, 1:] = coef[:, 1:] * (1.0 - q) + coef[:, :-1] * q
+        coef[:, :1] *= 1.0 - q
+    while len(coef) > 1:
+        if len(coef) % 2:
+            coef = np.concatenate([coef, np.eye(1, cap)])  # the polynomial 1
+        a, b = coef[0::2], coef[1::2]
+        product = np.zeros_like(a)
+        for i in range(cap):
+            product[:, i:] += a[:, i : i + 1] * b[:, : cap - i]
+        coef = product
+    weights = cap - np.arange(cap)
+    return float(cap - weights @ coef[0])

@@ -47,7 +47,8 @@ from fedtorch.client import ClientUpdate, LocalTrainer
 from fedtorch.client_state import ClientStateStore
 from fedtorch.clock import JobTiming, VirtualClock, compute_units, step_metrics
 from fedtorch.compatibility import check_composition, check_server, uses_sample_weights, weighting_for
-from fedtorch.data.base import FederatedDataset
+from fedtorch.data.base import FederatedDataset, Federation
+from fedtorch.errors import OptionError
 from fedtorch.evaluation import evaluate, evaluate_per_client
 from fedtorch.pipeline import PipelineContext, StepFailed, UpdatePipeline, UpdateTransform
 from fedtorch.privacy.accounting import sampling_of
@@ -223,11 +224,13 @@ class Simulation:
         clock: device profiles that time every job (`fedtorch.clock.VirtualClock`); None: no
             virtual time.
         server: the synchronous server mode (deadline, over-selection); default: wait for everyone.
+        client_state: the per-client state store (default: an unbounded in-memory one); pass a
+            `ClientStateStore(path=..., memory_bytes=...)` to spill to memory-mapped files.
     """
 
     def __init__(
         self,
-        federation: FederatedDataset,
+        federation: Federation,
         model: nn.Module,
         strategy: Strategy,
         sampler: ClientSampler,
@@ -245,9 +248,11 @@ class Simulation:
         eval_train_max_samples: int | None = None,
         clock: VirtualClock | None = None,
         server: ServerMode | None = None,
+        client_state: ClientStateStore | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.runner = ClientRunner(federation, model, trainer, strategy, seed, self.device, loss_fn, ClientStateStore())
+        store = client_state if client_state is not None else ClientStateStore()
+        self.runner = ClientRunner(federation, model, trainer, strategy, seed, self.device, loss_fn, store)
         self.federation = self.runner.federation
         self.model = self.runner.model
         self.flat = self.runner.flat
@@ -291,7 +296,11 @@ class Simulation:
         """Positions of the training samples the training objective is evaluated on (every client's
         samples, or a fixed uniform subset of them: every sample counts once, so the loss is the
         sample-weighted mean over clients)."""
-        owned = torch.cat([ix.cpu() for ix in self.federation.client_indices]) if self.federation.num_clients else None
+        if not isinstance(self.federation, FederatedDataset):
+            raise OptionError(
+                "eval_train", True, "needs an in-memory federation (a generated or prepared one has no training tensor)"
+            )
+        owned = self.federation.client_indices.values.cpu() if self.federation.num_clients else None
         if owned is None or len(owned) == 0:
             return torch.zeros(0, dtype=torch.int64, device=self.device)
         owned = torch.sort(owned).values
@@ -512,10 +521,11 @@ class Simulation:
         transforms' model metrics (a backdoor's success rate)."""
         self.flat.load(self.global_vector)
         fed = self.federation
+        groups, num_groups = self._test_groups()
         metrics = {
             f"eval/{k}": v
             for k, v in evaluate(
-                self.model, fed.test_x, fed.test_y, self.loss_fn, groups=self._test_groups(), num_groups=fed.num_clients
+                self.model, fed.test_x, fed.test_y, self.loss_fn, groups=groups, num_groups=num_groups
             ).items()
         }
         if self._train_eval_index is not None and len(self._train_eval_index):
@@ -542,17 +552,23 @@ class Simulation:
                 metrics.update(transform.evaluate_model(self.model))
         return metrics
 
-    def _test_groups(self) -> Tensor | None:
-        """Client id of every central test sample (-1 for a sample of no client), when clients have
-        their own test splits: per-client metrics are over each client's own samples."""
+    def _test_groups(self) -> tuple[Tensor | None, int]:
+        """The group of every central test sample (-1 for a sample of no client) and the number of
+        groups, when clients have their own test splits: per-client metrics are over each client's
+        own samples. Groups number the clients that have test samples, in id order (so a million
+        clients of which a thousand hold test samples cost a thousand per-client sums, not a
+        million); the per-client summaries do not depend on the numbering."""
         if not hasattr(self, "_test_group_cache"):
             fed = self.federation
-            groups = None
+            groups, num_groups = None, 0
             if fed.client_test_indices is not None:
-                groups = torch.full((len(fed.test_y),), -1, dtype=torch.int64, device=self.device)
-                for k, ix in enumerate(fed.client_test_indices):
-                    groups[ix] = k
-            self._test_group_cache = groups
+                csr = fed.client_test_indices.numpy()
+                has_test = csr.sizes() > 0
+                compact = np.cumsum(has_test) - 1  # client k -> its group among the clients with test samples
+                owner = np.full(len(fed.test_y), -1, dtype=np.int64)
+                owner[csr.values] = compact[csr.owners()]
+                groups, num_groups = torch.from_numpy(owner).to(self.device), int(has_test.sum())
+            self._test_group_cache = (groups, num_groups)
         return self._test_group_cache
 
     # -- the run ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ simulation does with empty rounds, dropouts and stragglers."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from fedtorch.client import LocalTrainer
+from fedtorch.errors import OptionError
 from fedtorch.samplers import (
     AvailabilitySampler,
     CyclicSampler,
@@ -171,3 +173,103 @@ def test_stragglers_get_their_share_of_local_steps_and_dropouts_are_logged():
         assert budget == max(1, math.floor(work * trainer.num_steps(len(fed.client_indices[k]))))
         assert sim.runner.run(jobs[k], sim.global_vector).num_steps == budget
     assert torch.isfinite(sim.global_vector).all()
+
+
+# -- a million clients: O(cohort) draws with the same distributions ------------------------------------
+
+MILLION = 1_000_000
+
+
+def _exact_subset_frequencies(sampler, rounds: int) -> dict[tuple[int, ...], float]:
+    counts: dict[tuple[int, ...], int] = {}
+    for r in range(1, rounds + 1):
+        key = tuple(sampler.sample(r, numpy_rng(5, "sampler", r)).tolist())
+        counts[key] = counts.get(key, 0) + 1
+    return {k: v / rounds for k, v in counts.items()}
+
+
+def _successive_sampling_probability(subset: tuple[int, ...], p: np.ndarray) -> float:
+    """P(successive sampling in proportion to p draws exactly `subset`), summed over its orders."""
+    total = 0.0
+    for order in itertools.permutations(subset):
+        prob, left = 1.0, 1.0
+        for k in order:
+            prob *= p[k] / left
+            left -= p[k]
+        total += prob
+    return total
+
+
+def _availability_probability(subset: tuple[int, ...], p: np.ndarray, cap: int) -> float:
+    """P(the availability sampler returns `subset`): over every online set, m uniform among it."""
+    total = 0.0
+    for online in itertools.product([0, 1], repeat=len(p)):
+        chance = float(np.prod(np.where(np.array(online) == 1, p, 1 - p)))
+        ids = tuple(k for k, on in enumerate(online) if on)
+        if len(ids) <= cap:
+            total += chance * (ids == subset)
+        elif set(subset) <= set(ids) and len(subset) == cap:
+            total += chance / math.comb(len(ids), cap)
+    return total
+
+
+@pytest.mark.parametrize("kind", ["poisson", "size_weighted", "availability"])
+def test_large_federation_algorithms_draw_exactly_the_small_federation_distribution(kind, monkeypatch):
+    """The O(cohort) algorithms (forced here on 6 clients) against the exact subset probabilities."""
+    import fedtorch.samplers as samplers
+
+    monkeypatch.setattr(samplers, "SMALL_FEDERATION", 0)
+    sizes = np.array([1, 2, 3, 4, 5, 15])
+    if kind == "poisson":
+        sampler = _setup(PoissonSampler(q=0.3), sizes)
+        exact = lambda s: 0.3 ** len(s) * 0.7 ** (6 - len(s))  # noqa: E731
+    elif kind == "size_weighted":
+        sampler = _setup(SizeWeightedSampler(clients_per_round=3), sizes)
+        assert sampler._alias is not None  # the alias-table path
+        exact = lambda s: _successive_sampling_probability(s, sizes / sizes.sum()) if len(s) == 3 else 0.0  # noqa: E731
+    else:
+        sampler = _setup(AvailabilitySampler(availability=0.5, amplitude=0.4, period=1, clients_per_round=2), sizes)
+        p = sampler.online_probability(1)  # period 1: every round has the same pattern
+        exact = lambda s: _availability_probability(s, p, 2)  # noqa: E731
+    rounds = 12_000
+    seen = _exact_subset_frequencies(sampler, rounds)
+    subsets = set(seen) | {s for n in range(7) for s in itertools.combinations(range(6), n) if exact(s) > 0}
+    for subset in subsets:
+        expected = exact(subset)
+        sigma = math.sqrt(max(expected * (1 - expected), 1e-12) / rounds)
+        assert abs(seen.get(subset, 0.0) - expected) < 5 * sigma + 1e-9, (subset, seen.get(subset), expected)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: UniformSampler(clients_per_round=1000),
+        lambda: PoissonSampler(q=0.001),
+        lambda: SizeWeightedSampler(clients_per_round=1000),
+        lambda: AvailabilitySampler(availability=0.5, amplitude=0.4, clients_per_round=1000),
+    ],
+    ids=["uniform", "poisson", "size_weighted", "availability"],
+)
+def test_million_client_samplers_draw_distinct_ids_at_the_right_inclusion_rate(make):
+    """A million clients, 1000 a round: distinct sorted ids, per-decile inclusion counts as
+    `inclusion_probabilities` says, and a cost per round that does not scan the federation."""
+    sizes = 1 + np.arange(MILLION) % 10  # ten size classes, by id mod 10
+    sampler = _setup(make(), sizes)
+    rounds = 60
+    counts = np.zeros(10)
+    for r in range(1, rounds + 1):
+        ids = sampler.cohort(r, numpy_rng(0, "sampler", r)).ids
+        assert len(np.unique(ids)) == len(ids) and np.all(np.diff(ids) > 0)
+        assert ids.min() >= 0 and ids.max() < MILLION
+        counts += np.bincount(ids % 10, minlength=10)
+    pi = sampler.inclusion_probabilities()
+    assert pi.shape == (MILLION,) and pi.sum() == pytest.approx(sampler.expected_cohort_size(), rel=1e-6)
+    expected = rounds * np.bincount(np.arange(MILLION) % 10, weights=pi, minlength=10)
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected) + 1), (counts, expected)
+
+
+def test_a_cohort_larger_than_the_federation_is_refused_in_one_line():
+    for sampler in (UniformSampler(clients_per_round=MILLION + 1), SizeWeightedSampler(clients_per_round=MILLION + 1)):
+        with pytest.raises(OptionError, match=r"sampler\.clients_per_round=1000001 is invalid: at most") as error:
+            sampler.setup(np.ones(MILLION, dtype=np.int64))
+        assert "\n" not in str(error.value) and "1000000" in str(error.value)

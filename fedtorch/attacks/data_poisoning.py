@@ -24,10 +24,18 @@ from torch import Tensor, nn
 
 from fedtorch.attacks.base import Attack, replacement_scale
 from fedtorch.client import ClientUpdate
-from fedtorch.data.base import FederatedDataset
+from fedtorch.data.base import FederatedDataset, Federation
 from fedtorch.errors import OptionError, check_int, check_number
 from fedtorch.pipeline import PipelineContext
 from fedtorch.seeding import numpy_rng
+
+
+def require_in_memory(federation: Federation, attack: str) -> FederatedDataset:
+    """Data poisoning appends samples to the train tensors: only an in-memory federation has them."""
+    if not isinstance(federation, FederatedDataset):
+        allowed = f"data poisoning needs an in-memory federation; {federation.name!r} is generated or memory-mapped"
+        raise OptionError("attack", attack, allowed)
+    return federation
 
 
 def with_client_samples(federation: FederatedDataset, replacements: dict[int, tuple[Tensor, Tensor, Tensor]]):
@@ -75,9 +83,10 @@ class LabelFlip(Attack):
             return num_classes - 1 - y
         return torch.where(y == self.source, torch.full_like(y, self.target), y)
 
-    def poison(self, federation: FederatedDataset) -> FederatedDataset:
+    def poison(self, federation: Federation) -> FederatedDataset:
         if not federation.is_classification:
             raise OptionError("attack", "label_flip", "label flipping needs a classification dataset")
+        federation = require_in_memory(federation, "label_flip")
         classes = federation.num_classes
         for key, value in (("attack.source", self.source), ("attack.target", self.target)):
             if value is not None and value >= classes:
@@ -139,9 +148,10 @@ class Backdoor(Attack):
         self.scale = check_number("attack.scale", scale, 0.0, low_open=True, none=True)
         self.trigger_x: Tensor | None = None
 
-    def poison(self, federation: FederatedDataset) -> FederatedDataset:
+    def poison(self, federation: Federation) -> FederatedDataset:
         if not federation.is_classification:
             raise OptionError("attack", "backdoor", "the backdoor attack needs a classification dataset")
+        federation = require_in_memory(federation, "backdoor")
         if self.target_class >= federation.num_classes:
             raise OptionError(
                 "attack.target_class", self.target_class, f"a class of the dataset, in [0, {federation.num_classes})"

@@ -113,17 +113,20 @@ class ChunkSchedule:
 
 
 def chunk_schedule(
-    seed: int, batch_size: int, jobs: Sequence[ClientJob], budgets: Sequence[int], cpu_indices: list[Tensor]
+    seed: int, batch_size: int, jobs: Sequence[ClientJob], budgets: Sequence[int], cpu_indices: Sequence[Tensor]
 ) -> ChunkSchedule:
-    """Lay out the batches of `jobs` (sorted by descending budget) as padded index tensors."""
-    sizes = [len(cpu_indices[j.client_id]) for j in jobs]
+    """Lay out the batches of `jobs` (sorted by descending budget) as padded index tensors.
+
+    `cpu_indices[c]` are job c's sample positions in the chunk's data (`Federation.gather`).
+    """
+    sizes = [len(ix) for ix in cpu_indices]
     widths = [n if batch_size == -1 else min(batch_size, n) for n in sizes]
     steps = max(budgets, default=0)
     width = max((w for w, b in zip(widths, budgets) if b > 0), default=1)
     index = torch.zeros(steps, len(jobs), width, dtype=torch.int64)
     mask = torch.zeros(steps, len(jobs), width, dtype=torch.bool)
     seen = []
-    for c, (job, n, budget) in enumerate(zip(jobs, sizes, budgets)):
+    for c, (job, n, budget, client_index) in enumerate(zip(jobs, sizes, budgets, cpu_indices)):
         if budget == 0:
             seen.append(0)
             continue
@@ -135,7 +138,7 @@ def chunk_schedule(
         real = torch.arange(per_epoch * batch) < n
         rows = []
         for perm in epoch_orders(n, batch, budget, generator):
-            padded[:n] = cpu_indices[job.client_id][perm]
+            padded[:n] = client_index[perm]
             rows.append(padded.view(per_epoch, batch).clone())
         positions = torch.cat(rows)[:budget]
         valid = real.view(per_epoch, batch).repeat(len(rows), 1)[:budget]
@@ -173,9 +176,8 @@ class VectorizedBackend(Backend):
             return
         self.sgd = runner.optimizer
         self.names = runner.layout.names[: len(runner.flat.params)]
-        # Batches are laid out on the CPU (the batch generators are CPU generators), from a CPU copy
-        # of every client's indices made once, then moved to the device once per chunk.
-        self.cpu_indices = [ix.cpu() for ix in runner.federation.client_indices]
+        # Batches are laid out on the CPU (the batch generators are CPU generators), from the chunk's
+        # CPU index positions (`Federation.gather`), then moved to the device once per chunk.
         model, loss_fn = runner.model, runner.loss_fn
 
         def client_loss(params: dict[str, Tensor], xb: Tensor, yb: Tensor, mb: Tensor) -> tuple[Tensor, Tensor]:
@@ -219,22 +221,23 @@ class VectorizedBackend(Backend):
         size = self.chunk_size or max(len(order), 1)
         for first in range(0, len(order), size):
             members = order[first : first + size]
+            # The chunk's data: the resident train tensors of an in-memory federation, or its
+            # clients materialized side by side (a generated or memory-mapped federation).
+            x, y, positions = self.runner.federation.gather([jobs[i].client_id for i in members])
             schedule = chunk_schedule(
                 self.runner.seed,
                 self.runner.trainer.batch_size,
                 [jobs[i] for i in members],
                 [budgets[i] for i in members],
-                self.cpu_indices,
+                positions,
             )
-            chunk = self._train_chunk(schedule, start)
+            chunk = self._train_chunk(schedule, start, x, y)
             # The caller's order (for a single chunk exactly the sequential backend's order).
             yield [u for _, u in sorted(zip(members, chunk), key=lambda pair: pair[0])]
 
-    def _train_chunk(self, schedule: ChunkSchedule, start: Tensor) -> list[ClientUpdate]:
+    def _train_chunk(self, schedule: ChunkSchedule, start: Tensor, x: Tensor, y: Tensor) -> list[ClientUpdate]:
         runner = self.runner
         device = runner.device
-        fed = runner.federation
-        x, y = fed.train_x, fed.train_y
         num = len(schedule.jobs)
         start_params = runner.layout.split(start)[: len(self.names)]
         # Every client starts from the same weights: (num, *shape) per parameter, contiguous.
@@ -273,7 +276,7 @@ class VectorizedBackend(Backend):
                 ClientUpdate(
                     client_id=job.client_id,
                     delta=local - start,
-                    num_samples=len(self.cpu_indices[job.client_id]),
+                    num_samples=int(runner.client_sizes()[job.client_id]),
                     num_steps=schedule.budgets[c],
                     metrics=metrics,
                 )

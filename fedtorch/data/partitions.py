@@ -6,7 +6,10 @@ own test split and its name, aligned client by client. Its constructor checks th
 indices cover every sample exactly once, so a partitioner with a bug (lost, duplicated or
 out-of-range samples) fails where it is built instead of training on wrong data. Every partitioner
 is deterministic for a given `rng` state and runs in bounded time: none retries at random until a
-condition happens to hold.
+condition happens to hold. Every partitioner builds its `Partition` as one CSR (an owner per sample,
+or a shuffled order cut at the client sizes) with whole-array operations: O(samples + clients),
+never a loop over clients (only the Dirichlet `min_size` repair, when it has samples to move, still
+walks the clients it repairs).
 
     IID            uniform random, near-equal sizes
     Dirichlet      label skew, class proportions ~ Dir(alpha)        (Hsu et al. 2019)
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from fedtorch.data.base import DatasetSplits, Partition  # noqa: F401  (Partition: re-exported)
+from fedtorch.data.index import IndexCSR
 from fedtorch.errors import OptionError
 
 log = logging.getLogger("fedtorch")
@@ -94,7 +98,10 @@ def iid_partition(num_samples: int, num_clients: int, rng: np.random.Generator) 
     """Shuffle the samples and deal them into `num_clients` near-equal parts (sizes differ by <= 1)."""
     num_clients = _require_clients(num_clients, num_samples)
     order = rng.permutation(num_samples)
-    return Partition(np.array_split(order, num_clients), num_samples)
+    # np.array_split's sizes: the first (n mod K) clients get one sample more.
+    sizes = np.full(num_clients, num_samples // num_clients, dtype=np.int64)
+    sizes[: num_samples % num_clients] += 1
+    return Partition(IndexCSR.from_sizes(order, sizes), num_samples)
 
 
 class IID:
@@ -110,9 +117,9 @@ class IID:
 # ----------------------------------------------------------------------------- Dirichlet label skew
 
 
-def _skew(parts: Sequence[np.ndarray], labels: np.ndarray, num_classes: int) -> tuple[float, float, float]:
+def _skew(owner: np.ndarray, labels: np.ndarray, num_clients: int, num_classes: int) -> tuple[float, float, float]:
     """(mean TV distance to the global label distribution, mean classes per client, empty clients)."""
-    stats = partition_stats(label_count_matrix(parts, labels, num_classes))
+    stats = partition_stats(_owner_label_counts(owner, labels, num_clients, num_classes))
     return stats["tv_mean"], stats["classes_per_client_mean"], stats["empty_clients"]
 
 
@@ -149,44 +156,56 @@ def dirichlet_partition(
     alpha = _require_positive("partition.alpha", alpha)
     num_clients = _require_clients(num_clients, n)
     min_size = _require_min_size(min_size, num_clients, n)
-    assignment: list[list[int]] = [[] for _ in range(num_clients)]
-    for c in np.unique(labels):
+    # One owner per sample, class by class: class c's permuted samples are cut at the cumulative
+    # Dir(alpha) proportions (the cut points are monotone and within [0, len(idx)], so the pieces
+    # never overlap; the Partition check below would catch it if they did).
+    drawn_owner = np.empty(n, dtype=np.int64)
+    classes = np.unique(labels)
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (samples, their client), in draw order
+    for c in classes:
         idx = rng.permutation(np.flatnonzero(labels == c))
         proportions = rng.dirichlet(np.full(num_clients, alpha))
-        # Cut points are monotone and within [0, len(idx)] for any proportions >= 0 summing to ~1,
-        # so np.split never overlaps; the Partition check below would catch it if it did.
         cuts = (np.cumsum(proportions)[:-1] * len(idx)).astype(np.int64)
-        for k, part in enumerate(np.split(idx, cuts)):
-            assignment[k].extend(part.tolist())
-    parts = [rng.permutation(np.asarray(a, dtype=np.int64)) for a in assignment]
-    drawn_owner = np.empty(n, dtype=np.int64)
-    for k, p in enumerate(parts):
-        drawn_owner[p] = k
+        owner_c = np.repeat(np.arange(num_clients, dtype=np.int64), np.diff(np.concatenate([[0], cuts, [len(idx)]])))
+        drawn_owner[idx] = owner_c
+        pieces.append((idx, owner_c))
     num_classes = int(labels.max()) + 1 if n else 0
-    tv_drawn, classes_drawn, empty_drawn = _skew(parts, labels, num_classes)
+    tv_drawn, classes_drawn, empty_drawn = _skew(drawn_owner, labels, num_clients, num_classes)
 
-    sizes = np.array([len(p) for p in parts])
-    for k in range(num_clients):
-        while sizes[k] < min_size:
-            donor = int(np.argmax(sizes))
-            take = int(rng.integers(sizes[donor]))
-            parts[k] = np.append(parts[k], parts[donor][take])
-            parts[donor] = np.delete(parts[donor], take)
-            sizes[k] += 1
-            sizes[donor] -= 1
+    owner = drawn_owner
+    sizes = np.bincount(drawn_owner, minlength=num_clients)
+    if (sizes < min_size).any():
+        # The repair, exactly as it always ran: every client's samples in draw order (class by
+        # class), shuffled, then moves from the largest client. Only a split that needs it pays
+        # its loop over clients; a split without deficient clients skips those shuffles, which
+        # cannot change it (a Partition sorts every client's indices).
+        samples = np.concatenate([p for p, _ in pieces]) if pieces else np.zeros(0, dtype=np.int64)
+        owners = np.concatenate([o for _, o in pieces]) if pieces else np.zeros(0, dtype=np.int64)
+        order = np.argsort(owners, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=num_clients))])
+        grouped = samples[order]
+        parts = [rng.permutation(grouped[bounds[k] : bounds[k + 1]]) for k in range(num_clients)]
+        for k in range(num_clients):
+            while sizes[k] < min_size:
+                donor = int(np.argmax(sizes))
+                take = int(rng.integers(sizes[donor]))
+                parts[k] = np.append(parts[k], parts[donor][take])
+                parts[donor] = np.delete(parts[donor], take)
+                sizes[k] += 1
+                sizes[donor] -= 1
+        owner = np.empty(n, dtype=np.int64)
+        for k, p in enumerate(parts):
+            owner[p] = k
 
-    owner = np.empty(n, dtype=np.int64)
-    for k, p in enumerate(parts):
-        owner[p] = k
     moved = int((owner != drawn_owner).sum())
-    tv, classes, _ = _skew(parts, labels, num_classes)
+    tv, classes_per_client, _ = _skew(owner, labels, num_clients, num_classes)
     notes = {
         "repair_moved_samples": moved,
         "repair_moved_fraction": moved / n,
         "tv_mean_drawn": tv_drawn,
         "tv_mean": tv,
         "classes_per_client_drawn": classes_drawn,
-        "classes_per_client": classes,
+        "classes_per_client": classes_per_client,
         "empty_clients_drawn": empty_drawn,
     }
     if moved > REPAIR_WARN_FRACTION * n:
@@ -194,9 +213,9 @@ def dirichlet_partition(
             "partition=dirichlet: min_size=%d moved %d of %d samples (%.1f%%) between clients; label skew "
             "(mean TV distance) %.3f -> %.3f, classes per client %.2f -> %.2f. The split is less skewed than "
             "Dir(alpha=%g): lower partition.min_size or raise partition.alpha.",
-            min_size, moved, n, 100 * moved / n, tv_drawn, tv, classes_drawn, classes, alpha,
+            min_size, moved, n, 100 * moved / n, tv_drawn, tv, classes_drawn, classes_per_client, alpha,
         )  # fmt: skip
-    return Partition(parts, n, notes=notes)
+    return Partition(IndexCSR.from_owners(owner, num_clients), n, notes=notes)
 
 
 class Dirichlet:
@@ -215,11 +234,10 @@ class Dirichlet:
 # ----------------------------------------------------------------------------- natural clients
 
 
-def _group_indices(groups: np.ndarray, num_groups: int) -> list[np.ndarray]:
-    """Indices of the samples of group 0..num_groups-1 (ascending; empty for an absent group)."""
-    order = np.argsort(groups, kind="stable")  # O(N log N): one stable sort, not one scan per group
-    bounds = np.searchsorted(groups[order], np.arange(num_groups + 1))
-    return [order[bounds[g] : bounds[g + 1]].astype(np.int64) for g in range(num_groups)]
+def _group_indices(groups: np.ndarray, num_groups: int) -> IndexCSR:
+    """Indices of the samples of group 0..num_groups-1 (ascending; empty for an absent group), as
+    one CSR: a stable sort of the group ids, not one scan per group."""
+    return IndexCSR.from_owners(np.asarray(groups, dtype=np.int64), num_groups)
 
 
 def natural_partition(groups: np.ndarray, num_groups: int | None = None) -> Partition:
@@ -281,9 +299,9 @@ class Natural:
         test = None if test_groups is None else _group_indices(np.searchsorted(ids, test_groups), len(ids))
         names = None if data.group_names is None else [str(name) for name in data.group_names]
 
-        keep = [g for g in range(len(ids)) if len(train[g])]
-        dropped = [g for g in range(len(ids)) if not len(train[g])]
-        dropped_test = 0 if test is None else sum(len(test[g]) for g in dropped)
+        has_train = train.sizes() > 0
+        keep, dropped = np.flatnonzero(has_train), np.flatnonzero(~has_train).tolist()
+        dropped_test = 0 if test is None else int(test.sizes()[~has_train].sum())
         if dropped:
             label = names if names is not None else [str(i) for i in ids]
             shown = ", ".join(label[g] for g in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
@@ -293,10 +311,10 @@ class Natural:
                 len(dropped), len(ids), data.name, shown, dropped_test,
             )  # fmt: skip
         return Partition(
-            train=[train[g] for g in keep],
+            train=train.select(keep),
             num_samples=len(train_groups),
-            test=None if test is None else [test[g] for g in keep],
-            names=None if names is None else [names[g] for g in keep],
+            test=None if test is None else test.select(keep),
+            names=None if names is None else [names[g] for g in keep.tolist()],
             notes={"dropped_groups": len(dropped), "dropped_test_samples": dropped_test},
             num_test_samples=None if test_groups is None else len(test_groups),
         )
@@ -333,9 +351,16 @@ def shard_partition(
     num_shards = num_clients * shards_per_client
     shuffled = rng.permutation(n)
     by_label = shuffled[np.argsort(labels[shuffled], kind="stable")]
-    shards = np.array_split(by_label, num_shards)
+    # np.array_split's shard sizes (the first n mod S shards one longer), as a shard id per position.
+    shard_sizes = np.full(num_shards, n // num_shards, dtype=np.int64)
+    shard_sizes[: n % num_shards] += 1
+    shard_of_position = np.repeat(np.arange(num_shards), shard_sizes)
     owner = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
-    return Partition([np.concatenate([shards[s] for s in owner[k]]) for k in range(num_clients)], n)
+    client_of_shard = np.empty(num_shards, dtype=np.int64)
+    client_of_shard[owner.reshape(-1)] = np.repeat(np.arange(num_clients), shards_per_client)
+    sample_owner = np.empty(n, dtype=np.int64)
+    sample_owner[by_label] = client_of_shard[shard_of_position]
+    return Partition(IndexCSR.from_owners(sample_owner, num_clients), n)
 
 
 class Shards:
@@ -487,7 +512,7 @@ def quantity_skew_partition(
     """IID labels, skewed sizes: shuffle, then cut at the sizes from `quantity_skew_sizes`."""
     sizes, notes = _quantity_skew_sizes(num_samples, num_clients, rng, distribution, sigma, alpha, beta, min_size)
     order = rng.permutation(num_samples)
-    return Partition(np.split(order, np.cumsum(sizes)[:-1]), num_samples, notes=notes)
+    return Partition(IndexCSR.from_sizes(order, sizes), num_samples, notes=notes)
 
 
 class QuantitySkew:
@@ -529,13 +554,25 @@ class QuantitySkew:
 def label_count_matrix(
     partition: Sequence[np.ndarray], labels: np.ndarray, num_classes: int | None = None
 ) -> np.ndarray:
-    """(num_clients, num_classes) matrix: how many samples of each class every client holds."""
+    """(num_clients, num_classes) matrix: how many samples of each class every client holds.
+
+    One bincount over the partition's CSR (a list of arrays is converted first): O(samples + clients).
+    """
     labels = np.asarray(labels)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    counts = np.zeros((len(partition), num_classes), dtype=np.int64)
-    for k, ix in enumerate(partition):
-        counts[k] = np.bincount(labels[np.asarray(ix, dtype=np.int64)], minlength=num_classes)
-    return counts
+    if isinstance(partition, Partition):
+        csr = partition.train
+    elif isinstance(partition, IndexCSR):
+        csr = partition
+    else:
+        csr = IndexCSR.from_lists(partition)
+    return _owner_label_counts(csr.owners(), labels[csr.values], len(csr), num_classes)
+
+
+def _owner_label_counts(owner: np.ndarray, labels: np.ndarray, num_clients: int, num_classes: int) -> np.ndarray:
+    """counts[k, c] = number of i with owner[i] == k and labels[i] == c (labels in [0, num_classes))."""
+    flat = owner.astype(np.int64) * num_classes + np.asarray(labels, dtype=np.int64)
+    return np.bincount(flat, minlength=num_clients * num_classes).reshape(num_clients, num_classes)
 
 
 def partition_stats(label_counts: np.ndarray) -> dict[str, float]:

@@ -2,7 +2,10 @@
 
 - `load_linear_regression`: the founding document's example, y = 2x + 1 + noise.
 - `load_fedprox_synthetic`: Synthetic(alpha, beta) of Li et al. 2020 ("Federated Optimization in
-  Heterogeneous Networks", FedProx), itself after Shamir et al. 2014; and its IID variant.
+  Heterogeneous Networks", FedProx), itself after Shamir et al. 2014; and its IID variant. Up to
+  `LAZY_ABOVE_DEVICES` devices it is generated up front from one stream, as it always was (the
+  published figures and the default run's model); above, device by device when sampled
+  (`fedtorch.data.generated.FedProxSynthetic`), so a million devices never exist at once.
 """
 
 from __future__ import annotations
@@ -11,6 +14,12 @@ import numpy as np
 import torch
 
 from fedtorch.data.base import DatasetSplits
+from fedtorch.data.generated import DEFAULT_TEST_CLIENTS, FedProxSynthetic, GeneratedFederation, fedprox_device
+from fedtorch.errors import OptionError
+
+#: `lazy: auto` generates FedProx Synthetic device by device above this many devices (eagerly at
+#: or below: the same data as before this option existed, bit for bit).
+LAZY_ABOVE_DEVICES = 1000
 
 
 def load_linear_regression(
@@ -58,7 +67,9 @@ def load_fedprox_synthetic(
     train_fraction: float = 0.8,
     max_samples_per_device: int | None = None,
     seed: int = 0,
-) -> DatasetSplits:
+    lazy: bool | str = "auto",
+    test_devices: int | None = DEFAULT_TEST_CLIENTS,
+) -> DatasetSplits | GeneratedFederation:
     """FedProx's Synthetic(alpha, beta) federation (Li et al. 2020, Section 5.1).
 
     Device k draws u_k ~ N(0, alpha) and B_k ~ N(0, beta); its model is W_k ~ N(u_k, 1) (10 x 60)
@@ -68,27 +79,30 @@ def load_fedprox_synthetic(
     paper's code: lognormal(4, 2) + 50. The IID variant shares one W, b ~ N(0, 1) and draws every
     x ~ N(0, Sigma). Each device keeps `train_fraction` of its samples for training and the rest
     as its own test split; the central test set is the union of those splits.
+
+    `lazy`: false generates every device now from one stream (a `DatasetSplits`, to partition);
+    true returns a `GeneratedFederation` whose devices are generated when sampled, each from a
+    stream of its own (the same model, different draws), with the test splits of `test_devices`
+    devices as the central test set; auto is lazy above `LAZY_ABOVE_DEVICES` devices.
     """
+    if lazy not in (True, False, "auto"):
+        raise OptionError("dataset.lazy", lazy, "true, false or auto")
+    if lazy is True or (lazy == "auto" and num_devices > LAZY_ABOVE_DEVICES):
+        generator = FedProxSynthetic(
+            alpha, beta, iid, num_devices, num_features, num_classes, train_fraction, max_samples_per_device, seed
+        )
+        return GeneratedFederation.create(generator, test_devices)
     rng = np.random.default_rng(seed)
     sizes = rng.lognormal(4, 2, num_devices).astype(np.int64) + 50
     if max_samples_per_device is not None:
         sizes = np.minimum(sizes, max_samples_per_device)
-    sigma = np.power(np.arange(1, num_features + 1, dtype=np.float64), -1.2)
     shared_w = rng.normal(0, 1, (num_features, num_classes))
     shared_b = rng.normal(0, 1, num_classes)
 
     xs_train, ys_train, gs_train, xs_test, ys_test, gs_test = [], [], [], [], [], []
     for k, n in enumerate(sizes):
-        if iid:
-            w, b, mean_x = shared_w, shared_b, np.zeros(num_features)
-        else:
-            u_k = rng.normal(0, np.sqrt(alpha))
-            b_k = rng.normal(0, np.sqrt(beta))
-            w = rng.normal(u_k, 1, (num_features, num_classes))
-            b = rng.normal(u_k, 1, num_classes)
-            mean_x = rng.normal(b_k, 1, num_features)
-        x = mean_x + rng.normal(0, 1, (n, num_features)) * np.sqrt(sigma)
-        y = np.argmax(x @ w + b, axis=1)  # softmax is monotone: argmax of the logits
+        shared = (shared_w, shared_b) if iid else None
+        x, y = fedprox_device(rng, int(n), num_features, num_classes, alpha, beta, shared)
         n_train = max(1, int(round(train_fraction * n)))
         xs_train.append(x[:n_train])
         ys_train.append(y[:n_train])
