@@ -207,8 +207,10 @@ class ClientContext:
         """
         runner = self._runner
         x, y, indices = runner.client_data(self.client_id)
-        if trainable is not None and not len(trainable):
-            max_steps = 0  # nothing to train (a model that is all head): no step, a zero delta
+        if trainable is not None:
+            self._require_plain_trainer("trains only some of the model's parameters")
+            if not len(trainable):
+                max_steps = 0  # nothing to train (a model that is all head): no step, a zero delta
         with self._only(trainable):
             return runner.trainer.train(
                 runner.flat,
@@ -261,6 +263,17 @@ class ClientContext:
             attempt += 1
         return weights if weights is not start else start.clone()
 
+    def _require_plain_trainer(self, what: str) -> None:
+        """Refuse, in one line, a trainer whose steps are not plain minibatch SGD (DP-SGD's are not)."""
+        trainer = self._runner.trainer
+        if not trainer.vectorizable:
+            raise OptionError(
+                "trainer",
+                type(trainer).__name__,
+                f"strategy={self._runner.algorithm.name} {what}; this trainer's steps (DP-SGD's clipped, noised "
+                "Poisson batches over every parameter) cannot do that",
+            )
+
     # -- what a strategy's own local loop needs (pFedMe, Per-FedAvg, APFL, MOON) -------------------
     @property
     def model(self) -> nn.Module:
@@ -299,13 +312,7 @@ class ClientContext:
         step's budget)."""
         runner = self._runner
         trainer = runner.trainer
-        if not trainer.vectorizable:
-            raise OptionError(
-                "trainer",
-                type(trainer).__name__,
-                f"strategy={runner.algorithm.name} runs its own local steps on plain minibatches; this trainer's "
-                "steps (DP-SGD's clipped, noised Poisson batches) cannot be reproduced there",
-            )
+        self._require_plain_trainer("runs its own local steps on plain minibatches")
         x, y, indices = runner.client_data(self.client_id)
         n = len(indices)
         batch = n if trainer.batch_size == -1 else trainer.batch_size

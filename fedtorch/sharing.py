@@ -103,7 +103,8 @@ class SharedParameters:
 
     def complement(self) -> SharedParameters:
         """Every entry not in this set."""
-        entries = tuple(i for i in range(len(self.layout.names)) if i not in set(self.entries))
+        mine = set(self.entries)
+        entries = tuple(i for i in range(len(self.layout.names)) if i not in mine)
         return SharedParameters(self.layout, entries, ~self.mask)
 
     def nbytes(self, dtype: torch.dtype) -> int:

@@ -61,11 +61,13 @@ class FedRep(PersonalizedStrategy):
     def local_update(self, client: ClientContext) -> ClientUpdate:
         start = self.with_local(client, client.start)
         if self.head_epochs and self.local.parameters:
-            # Phase 1: the head alone, on its own batch stream, body frozen.
+            # Phase 1: the head alone, on its own batch stream, body frozen. Only the new head is
+            # kept: the body (running statistics included) restarts from the global one, so the
+            # update's delta is relative to the global body.
             steps = self.head_epochs * client.epoch_steps
-            start = client.fine_tune(start, steps, trainable=self.local.parameters, stream="fedrep_head")
-        # Phase 2: the body alone from the new head (the update's delta is relative to `start`,
-        # whose body is the global one).
+            trained_head = client.fine_tune(start, steps, trainable=self.local.parameters, stream="fedrep_head")
+            start = self.local.put(client.start, self.local.take(trained_head))
+        # Phase 2: the body alone from the new head.
         update = client.train(start=start, trainable=self.shared.parameters)
         self.keep_local(client, start)  # the head did not move in phase 2
         return self.send(update)
