@@ -18,14 +18,10 @@ the head (body frozen) for `finetune_steps` steps from the global model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from fedtorch.aggregators import Aggregator
-from fedtorch.sharing import body_set
-from fedtorch.strategies.personalization import PartialSharing
+from fedtorch.strategies.personalization import HeadBodySplit
 
 
-class FedPer(PartialSharing):
+class FedPer(HeadBodySplit):
     """FedAvg on the body, personal heads.
 
     Args:
@@ -38,14 +34,3 @@ class FedPer(PartialSharing):
     """
 
     name = "fedper"
-
-    def __init__(
-        self,
-        head: Sequence[str] | None = None,
-        finetune_steps: int = 20,
-        server_lr: float = 1.0,
-        aggregator: Aggregator | None = None,
-        weighted: bool = True,
-    ) -> None:
-        super().__init__(body_set(head), finetune_steps, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
-        self.head = None if head is None else [str(h) for h in head]

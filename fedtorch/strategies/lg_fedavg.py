@@ -20,14 +20,10 @@ body (head frozen) for `finetune_steps` steps from the global model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from fedtorch.aggregators import Aggregator
-from fedtorch.sharing import head_set
-from fedtorch.strategies.personalization import PartialSharing
+from fedtorch.strategies.personalization import HeadBodySplit
 
 
-class LGFedAvg(PartialSharing):
+class LGFedAvg(HeadBodySplit):
     """FedAvg on the head, local representations.
 
     Args:
@@ -38,14 +34,4 @@ class LGFedAvg(PartialSharing):
     """
 
     name = "lg_fedavg"
-
-    def __init__(
-        self,
-        head: Sequence[str] | None = None,
-        finetune_steps: int = 20,
-        server_lr: float = 1.0,
-        aggregator: Aggregator | None = None,
-        weighted: bool = True,
-    ) -> None:
-        super().__init__(head_set(head), finetune_steps, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
-        self.head = None if head is None else [str(h) for h in head]
+    shares_head = True

@@ -23,6 +23,8 @@ client, so the personalization step uses the same data, batches and local optimi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -31,7 +33,7 @@ from fedtorch.client import ClientUpdate
 from fedtorch.client_state import ClientStateStore
 from fedtorch.errors import check_int
 from fedtorch.runner import ClientContext
-from fedtorch.sharing import ParameterSet, SharedParameters
+from fedtorch.sharing import ParameterSet, SharedParameters, body_set, head_set
 from fedtorch.strategies.base import ServerOptimizerFactory, Strategy, StrategyContext
 
 #: The client state entry holding a client's own values of the unshared entries.
@@ -138,3 +140,23 @@ class PartialSharing(PersonalizedStrategy):
         # relative to the global model, as the server needs it.
         self.keep_local(client, client.trained_weights())
         return self.send(update)
+
+
+class HeadBodySplit(PartialSharing):
+    """Partial sharing of one side of a head/body split of the model (FedPer shares the body,
+    LG-FedAvg the head); `head` names the head by parameter-name prefixes (None: the last module
+    with parameters)."""
+
+    shares_head: bool = False
+
+    def __init__(
+        self,
+        head: Sequence[str] | None = None,
+        finetune_steps: int = 20,
+        server_lr: float = 1.0,
+        aggregator: Aggregator | None = None,
+        weighted: bool = True,
+    ) -> None:
+        shared = head_set(head) if self.shares_head else body_set(head)
+        super().__init__(shared, finetune_steps, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
+        self.head = None if head is None else [str(h) for h in head]
