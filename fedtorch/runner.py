@@ -146,6 +146,12 @@ class ClientContext:
         payload: what the server sent besides the model (SCAFFOLD's control variate, ...).
         optimizer: the local optimizer's settings (lr, momentum, ...).
         layout: where each parameter lives in a flat weight vector.
+
+    What a client can do: `train` (the trainer's local work, optionally of some parameters only or
+    with another loss), `fine_tune` (exactly k steps: a personalization step), `loss`; and, for a
+    strategy that runs its own local steps (pFedMe, Per-FedAvg, APFL, MOON), `batches` (the
+    trainer's minibatches), `model`, `parameters`, `load`, `make_optimizer`, `loss_fn`. Evaluation
+    builds a context too, for a client's personal model and an unseen client's personalization.
     """
 
     def __init__(self, runner: ClientRunner, job: ClientJob, start: Tensor, payload: Payload) -> None:
