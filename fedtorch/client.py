@@ -57,6 +57,9 @@ class ClientUpdate:
         metrics: training statistics as 0-d tensors (no host sync inside the loop):
             `loss_sum` and, for classification, `correct`, both summed over `samples_seen`.
         extra: strategy-specific payload (e.g. SCAFFOLD's control-variate change).
+        sent: bool mask over `delta` of the values the client really sends (a partially shared
+            model: FedPer's body, FedBN's non-norm layers); None: all of them. `delta` is zero
+            elsewhere; the byte meter counts, and a compressor encodes, only the sent values.
     """
 
     client_id: int
@@ -65,6 +68,7 @@ class ClientUpdate:
     num_steps: int
     metrics: dict[str, Tensor] = field(default_factory=dict)
     extra: dict[str, Tensor] = field(default_factory=dict)
+    sent: Tensor | None = None
 
 
 class ClientHooks:

@@ -68,8 +68,9 @@ def evaluate(
             accuracy = (group_correct.cpu() / sizes.cpu().clamp(min=1))[present]
             for row, value in zip(per_client, accuracy):
                 row["accuracy"] = float(value)
+        weights = sizes.cpu()[present].numpy()
         for key in ("loss", "accuracy"):
-            result.update({f"clients/{k}": v for k, v in client_fairness(per_client, key).items()})
+            result.update({f"clients/{k}": v for k, v in client_fairness(per_client, key, weights).items()})
     return result
 
 
@@ -93,7 +94,6 @@ def mean_loss(
     return total / max(len(indices), 1)
 
 
-@torch.no_grad()
 def evaluate_per_client(
     flat: FlatModel,
     test_x: Tensor,
@@ -108,33 +108,32 @@ def evaluate_per_client(
     """Evaluate client k's model `vector_for_client(k)` on client k's test split, for every client.
 
     Personalized FL is judged on each client's own test split with the model that client would
-    use. Returns `{prefix}/loss_{mean,std,worst10}` and, for classification,
-    `{prefix}/accuracy_{mean,std,worst10}` over the clients that have test samples (the summary
-    `evaluate` gives the global model as `clients/...`). The per-client sums stay on the device
-    until one host sync at the end.
+    use. `vector_for_client` may train (a fine-tuning personalization step on the same worker
+    model): the returned weights are loaded and scored in eval mode afterwards. Returns
+    `{prefix}/{loss,accuracy}_{mean,weighted_mean,std,worst10,best10}` over the clients that have
+    test samples (see `client_fairness`); the per-client sums stay on the device until one host
+    sync at the end.
     """
     model = flat.module
     was_training = model.training
-    model.eval()
     num_clients = len(client_test_indices)
     loss_sums = torch.zeros(num_clients, device=test_x.device, dtype=torch.float64)
     correct = torch.zeros(num_clients, device=test_x.device, dtype=torch.int64)
-    loaded: Tensor | None = None
     # Only the clients that have test samples (a CSR index gives its sizes without a loop).
     sizes_of = getattr(client_test_indices, "sizes", None)
     test_sizes = sizes_of() if sizes_of is not None else np.array([len(ix) for ix in client_test_indices])
     for k in np.flatnonzero(test_sizes).tolist():
         indices = client_test_indices[k]
-        vector = vector_for_client(k)
-        if vector is not loaded:  # the same (global) vector for many clients is loaded once
-            flat.load(vector)
-            loaded = vector
-        for start in range(0, len(indices), batch_size):
-            ix = indices[start : start + batch_size]
-            out = model(test_x[ix])
-            loss_sums[k] += loss_fn(out, test_y[ix]).double() * len(ix)
-            if classify:
-                correct[k] += (out.argmax(-1) == test_y[ix]).sum()
+        # Loaded after the call, which may have trained the worker model (one copy per client).
+        flat.load(vector_for_client(k))
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(indices), batch_size):
+                ix = indices[start : start + batch_size]
+                out = model(test_x[ix])
+                loss_sums[k] += loss_fn(out, test_y[ix]).double() * len(ix)
+                if classify:
+                    correct[k] += (out.argmax(-1) == test_y[ix]).sum()
     model.train(was_training)
     sizes = torch.as_tensor(np.asarray(test_sizes), dtype=torch.float64)
     has_test = sizes > 0
@@ -142,28 +141,42 @@ def evaluate_per_client(
     if classify:
         for row, value in zip(per_client, (correct.cpu().double() / sizes.clamp(min=1))[has_test]):
             row["accuracy"] = float(value)
+    weights = sizes[has_test].numpy()
     metrics: dict[str, float] = {}
     for key in ("loss", "accuracy"):
-        metrics.update({f"{prefix}/{k}": v for k, v in client_fairness(per_client, key).items()})
+        metrics.update({f"{prefix}/{k}": v for k, v in client_fairness(per_client, key, weights).items()})
     return metrics
 
 
-def client_fairness(per_client: list[dict[str, float]], key: str = "accuracy") -> dict[str, float]:
-    """Mean, standard deviation and worst-10% mean of a per-client metric (federated evaluation).
+def client_fairness(
+    per_client: list[dict[str, float]], key: str = "accuracy", sizes: Sequence[float] | np.ndarray | None = None
+) -> dict[str, float]:
+    """Mean, test-size-weighted mean, standard deviation, worst-10% and best-10% means of a
+    per-client metric (federated evaluation).
 
-    The worst-10% figure (the mean over the worst decile of clients, at least one client) is the
-    fairness measure of Li et al. 2020 (q-FFL). Worst means lowest for accuracy and highest for
-    a loss (any key containing "loss").
+    `mean` weights clients equally (the pFL papers' "average personalized accuracy");
+    `weighted_mean` (with `sizes`, the clients' test-split sizes) weights them by their test samples,
+    i.e. the metric pooled over all the clients' test samples. The worst-10% figure (the mean over
+    the worst decile of clients, at least one client) is the fairness measure of Li et al. 2020
+    (q-FFL); best-10% the same over the best decile. Worst means lowest for accuracy and highest
+    for a loss (any key containing "loss"). The std is the population one (ddof = 0).
     """
-    values = np.array([m[key] for m in per_client if key in m], dtype=np.float64)
-    if values.size == 0:
+    rows = [(m[key], i) for i, m in enumerate(per_client) if key in m]
+    if not rows:
         return {}
+    values = np.array([v for v, _ in rows], dtype=np.float64)
     ordered = np.sort(values)
     if "loss" in key:
         ordered = ordered[::-1]
-    worst = ordered[: max(1, int(np.ceil(0.1 * len(values))))]
-    return {
+    decile = max(1, int(np.ceil(0.1 * len(values))))
+    stats = {
         f"{key}_mean": float(values.mean()),
         f"{key}_std": float(values.std()),
-        f"{key}_worst10": float(worst.mean()),
+        f"{key}_worst10": float(ordered[:decile].mean()),
+        f"{key}_best10": float(ordered[-decile:].mean()),
     }
+    if sizes is not None:
+        weights = np.asarray(sizes, dtype=np.float64)[[i for _, i in rows]]
+        if weights.sum() > 0:
+            stats[f"{key}_weighted_mean"] = float((values * weights).sum() / weights.sum())
+    return stats

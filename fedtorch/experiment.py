@@ -64,6 +64,7 @@ from fedtorch.compression import CommunicationMeter
 from fedtorch.data.auto import Auto
 from fedtorch.data.base import DatasetSplits, FederatedDataset, Federation
 from fedtorch.data.partitions import Natural, partition_stats
+from fedtorch.data.splits import ClientSplit, SplitFederation
 from fedtorch.errors import OptionError
 from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.pipeline import UpdateTransform
@@ -219,11 +220,11 @@ def _optional(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     return _build(node, group, **kwargs)
 
 
-def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetSplits | Federation, Federation]:
-    """Load the dataset and split it across clients with the configured partitioner (a generated or
-    prepared dataset is a federation already: then it is returned twice)."""
+def load_dataset(cfg: DictConfig) -> DatasetSplits | Federation:
+    """The configured dataset (a generated or prepared one is a federation already); a missing data
+    folder is a one-line config error on `data_dir`."""
     try:
-        data: DatasetSplits | Federation = instantiate(cfg.dataset)
+        return instantiate(cfg.dataset)
     except InstantiationException as error:
         # A missing data folder is a config error (data_dir), reported as one line.
         if isinstance(error.__cause__, FileNotFoundError):
@@ -234,30 +235,51 @@ def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetS
         raise instantiation_error("dataset", error) or error from error
     except FileNotFoundError as error:
         raise data_error(cfg, error) from error
+
+
+def build_federation(cfg: DictConfig, partitioner: Any = None) -> tuple[DatasetSplits | Federation, Federation]:
+    """Load the dataset and split it across clients with the configured partitioner (a generated or
+    prepared dataset is a federation already: then it is returned twice)."""
+    data = load_dataset(cfg)
     return data, federate(
         data, partitioner if partitioner is not None else _build(cfg.partition, "partition"), cfg.seed
     )
 
 
 def federate(data: DatasetSplits | Federation, partitioner: Any, seed: int) -> Federation:
-    """Split `data` across clients; the partition is checked for exact coverage when it is built.
+    """Split `data` across clients; the partition is checked for exact coverage when it is built."""
+    return federate_split(data, partitioner, seed, None)[0]
+
+
+def federate_split(
+    data: DatasetSplits | Federation, partitioner: Any, seed: int, split: ClientSplit | None
+) -> tuple[Federation, SplitFederation | None]:
+    """`federate`, then (when `split` is active) per-client test splits and unseen clients
+    (`fedtorch.data.splits`, from the `(seed, "client_split")` stream): the training clients'
+    federation, and what the split set aside for evaluation.
 
     A dataset that is a federation already (generated clients, a prepared folder) keeps its own
-    clients: only `partition=auto` or `natural` fits it.
+    clients: only `partition=auto` or `natural` fits it, and it has no samples to split.
     """
     if isinstance(data, Federation):
         if not isinstance(partitioner, (Auto, Natural)):
             name = type(partitioner).__name__.lower()
             allowed = f"dataset {data.name!r} has its own {data.num_clients} clients: use partition=auto or natural"
             raise ConfigError("partition", name, allowed)
-        return data
+        if split is not None and split.active:
+            key, value = ("test_fraction", split.test_fraction) if split.test_fraction else ("holdout", split.holdout)
+            raise ConfigError(key, value, f"dataset {data.name!r} is generated client by client: 0 (no split)")
+        return data, None
     try:
         partition = partitioner(data, numpy_rng(seed, "partition"))
     except OptionError:
         raise
     except ValueError as error:
         raise ConfigError("partition", type(partitioner).__name__, " ".join(str(error).split())) from error
-    return FederatedDataset.from_partition(data, partition)
+    if split is None or not split.active:
+        return FederatedDataset.from_partition(data, partition), None
+    result = split(data, partition, numpy_rng(seed, "client_split"))
+    return FederatedDataset.from_partition(result.data, result.partition), result
 
 
 def subsample_test_set(fed: Federation, max_samples: int, rng: np.random.Generator) -> Federation:
@@ -456,12 +478,10 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
     secagg = _optional(cfg, "secagg")
     server = _optional(cfg, "server") or Synchronous()
     partitioner = part("partition")
+    split = ClientSplit(cfg.get("test_fraction", 0.0), cfg.get("holdout", 0.0))
 
-    if "dataset" in given:
-        data = given["dataset"]
-        fed = federate(data, partitioner, cfg.seed)
-    else:
-        data, fed = build_federation(cfg, partitioner)
+    data = given["dataset"] if "dataset" in given else load_dataset(cfg)
+    fed, held_out = federate_split(data, partitioner, cfg.seed, split)
     if cfg.get("eval_max_samples") is not None:
         fed = subsample_test_set(fed, cfg.eval_max_samples, numpy_rng(EVAL_SUBSET_SEED, "eval_subset"))
     if "model" in given:
@@ -549,6 +569,8 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         eval_train=bool(cfg.get("eval_train", False)),
         eval_train_max_samples=cfg.get("eval_train_max_samples"),
         client_state=store,
+        client_tests=None if held_out is None else held_out.client_tests,
+        unseen=None if held_out is None else held_out.unseen,
     )
     sim: Simulation
     if server.asynchronous:
@@ -599,12 +621,36 @@ def execute(p: Plan, built: Built) -> dict[str, Any]:
     provenance = collect_provenance(p.device, None, list(p.runtime.rerun) or [sys.executable, *sys.argv])
     provenance["partition_sha256"] = fed.partition_sha256()  # provenance.partition_hash, without a loop
     summary = sim.run()
+    summary["metrics"].update(best_of(sim.state.history))
     summary["provenance"] = provenance
     summary["output_dir"] = str(p.run_dir)
     summary["config_digest"] = config_digest(OmegaConf.to_container(p.cfg, resolve=True))
     if p.resume.checkpoint is not None:
         summary["resumed_from_round"] = p.resume.round
     return summary
+
+
+#: The summary's best-of metrics: the accuracy means a results table reports (docs/metrics.md).
+BEST_OF_SUFFIXES = ("accuracy", "accuracy_mean", "accuracy_weighted_mean")
+
+
+def best_of(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """`best/<key>` (the highest value over the evaluated rounds) and `best_round/<key>` (the first
+    round that reached it) for every logged `eval/` accuracy mean (`eval/accuracy`,
+    `eval/personal/accuracy_mean`, ...). The summary's plain `<key>` stays the last round's value.
+    """
+    best: dict[str, tuple[float, int]] = {}
+    for row in history:
+        for key, value in row.items():
+            if not key.startswith("eval/") or key.rpartition("/")[2] not in BEST_OF_SUFFIXES:
+                continue
+            if isinstance(value, float) and math.isfinite(value) and (key not in best or value > best[key][0]):
+                best[key] = (value, int(row["round"]))
+    out: dict[str, float] = {}
+    for key, (value, round_idx) in sorted(best.items()):
+        out[f"best/{key}"] = value
+        out[f"best_round/{key}"] = float(round_idx)
+    return out
 
 
 def divergence_message(cfg: DictConfig, summary: dict[str, Any], last_row: dict[str, Any],

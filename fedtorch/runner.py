@@ -13,7 +13,8 @@ optimizer's settings. It never sees the server, the simulation or other clients.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fedtorch.client import ClientHooks, ClientUpdate, LocalTrainer, OptimizerSettings, default_loss
+from fedtorch.client import ClientHooks, ClientUpdate, LocalTrainer, OptimizerSettings, default_loss, epoch_orders
 from fedtorch.client_state import ClientState, ClientStateStore
 from fedtorch.data.base import Federation
+from fedtorch.errors import OptionError
 from fedtorch.evaluation import mean_loss
 from fedtorch.params import FlatModel, VectorLayout
 from fedtorch.seeding import derive_seed, torch_generator
@@ -152,6 +154,12 @@ class ClientContext:
         payload: what the server sent besides the model (SCAFFOLD's control variate, ...).
         optimizer: the local optimizer's settings (lr, momentum, ...).
         layout: where each parameter lives in a flat weight vector.
+
+    What a client can do: `train` (the trainer's local work, optionally of some parameters only or
+    with another loss), `fine_tune` (exactly k steps: a personalization step), `loss`; and, for a
+    strategy that runs its own local steps (pFedMe, Per-FedAvg, APFL, MOON), `batches` (the
+    trainer's minibatches), `model`, `parameters`, `load`, `make_optimizer`, `loss_fn`. Evaluation
+    builds a context too, for a client's personal model and an unseen client's personalization.
     """
 
     def __init__(self, runner: ClientRunner, job: ClientJob, start: Tensor, payload: Payload) -> None:
@@ -171,6 +179,12 @@ class ClientContext:
         return int(self._runner.client_sizes()[self.client_id])
 
     @property
+    def epoch_steps(self) -> int:
+        """Local steps of one pass over this client's data (ceil(n / B); 1 with B = -1, 0 without data)."""
+        n, batch = self.num_samples, self._runner.trainer.batch_size
+        return 0 if n == 0 else (1 if batch == -1 else -(-n // batch))
+
+    @property
     def state(self) -> ClientState:
         """This client's entries in the per-client state store (read on the device)."""
         if self._state is None:
@@ -181,36 +195,152 @@ class ClientContext:
         """Views of `vector` shaped like the model's parameters (in parameter order)."""
         return self.layout.split(vector)[: len(self._runner.flat.params)]
 
+    def _budget(self, max_steps: int | None) -> int | None:
+        budget = self.job.max_steps
+        if max_steps is not None:
+            budget = max_steps if budget is None else min(budget, max_steps)
+        return budget
+
     def train(
         self,
         start: Tensor | None = None,
         hooks: ClientHooks | None = None,
         stream: str = "batches",
         max_steps: int | None = None,
+        trainable: Sequence[int] | None = None,
+        loss_fn: Callable[..., Tensor] | None = None,
     ) -> ClientUpdate:
         """Local training from `start` (default: the downloaded weights) on this client's data.
 
         The batch order comes from the (seed, `stream`, round, client) generator, so a second pass
         (Ditto's personal model) can have its own. The step budget is the job's (a straggler's)
-        capped by `max_steps`. The update's delta is relative to `start`.
+        capped by `max_steps`. The update's delta is relative to `start`. `trainable` (indices into
+        the model's parameters) trains only those: the others get no gradient, so no optimizer
+        (weight decay, momentum) moves them (FedRep's head and body phases, FedBABU's frozen head).
+        `loss_fn` replaces the training loss (FedLC's calibrated cross-entropy).
         """
         runner = self._runner
-        budget = self.job.max_steps
-        if max_steps is not None:
-            budget = max_steps if budget is None else min(budget, max_steps)
         x, y, indices = runner.client_data(self.client_id)
-        return runner.trainer.train(
-            runner.flat,
-            self.start if start is None else start,
-            x,
-            y,
-            indices,
-            torch_generator(runner.seed, stream, self.round, self.client_id),
-            runner.loss_fn,
-            client_id=self.client_id,
-            hooks=hooks,
-            max_steps=budget,
-        )
+        if trainable is not None:
+            self._require_plain_trainer("trains only some of the model's parameters")
+            if not len(trainable):
+                max_steps = 0  # nothing to train (a model that is all head): no step, a zero delta
+        with self._only(trainable):
+            return runner.trainer.train(
+                runner.flat,
+                self.start if start is None else start,
+                x,
+                y,
+                indices,
+                torch_generator(runner.seed, stream, self.round, self.client_id),
+                loss_fn or runner.loss_fn,
+                client_id=self.client_id,
+                hooks=hooks,
+                max_steps=self._budget(max_steps),
+            )
+
+    @contextlib.contextmanager
+    def _only(self, trainable: Sequence[int] | None) -> Iterator[None]:
+        """Freeze every parameter not in `trainable` (None: train all) for the duration."""
+        params = self._runner.flat.params
+        frozen = [] if trainable is None else [p for i, p in enumerate(params) if i not in set(trainable)]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def fine_tune(
+        self,
+        start: Tensor,
+        steps: int,
+        trainable: Sequence[int] | None = None,
+        stream: str = "finetune",
+        hooks: ClientHooks | None = None,
+    ) -> Tensor:
+        """`steps` local steps from `start` (more than one pass of local epochs if needed), training only
+        `trainable`; returns the weights (a copy). The personalization step of FedAvg-FT, FedBABU and
+        of unseen clients; batches from (seed, `stream`/pass, round, client)."""
+        weights = start
+        done, attempt = 0, 0
+        if trainable is not None and not len(trainable):
+            steps = 0  # nothing to train
+        while done < steps:
+            stream_pass = f"{stream}/{attempt}"
+            update = self.train(weights, hooks, stream_pass, max_steps=steps - done, trainable=trainable)
+            if update.num_steps == 0:
+                break  # no data (or a zero budget): nothing to fine-tune on
+            weights = self.trained_weights().clone()
+            done += update.num_steps
+            attempt += 1
+        return weights if weights is not start else start.clone()
+
+    def _require_plain_trainer(self, what: str) -> None:
+        """Refuse, in one line, a trainer whose steps are not plain minibatch SGD (DP-SGD's are not)."""
+        trainer = self._runner.trainer
+        if not trainer.vectorizable:
+            raise OptionError(
+                "trainer",
+                type(trainer).__name__,
+                f"strategy={self._runner.algorithm.name} {what}; this trainer's steps (DP-SGD's clipped, noised "
+                "Poisson batches over every parameter) cannot do that",
+            )
+
+    # -- what a strategy's own local loop needs (pFedMe, Per-FedAvg, APFL, MOON) -------------------
+    @property
+    def model(self) -> nn.Module:
+        """The worker model; its parameters are views of the flat weights (`load` moves them)."""
+        return self._runner.model
+
+    @property
+    def parameters(self) -> list[Tensor]:
+        """The worker model's parameters (views of its flat weights), in layout order."""
+        return self._runner.flat.params
+
+    @property
+    def loss_fn(self) -> Callable[..., Tensor]:
+        return self._runner.loss_fn
+
+    def load(self, vector: Tensor) -> None:
+        """Copy flat weights into the worker model (in place)."""
+        self._runner.flat.load(vector)
+
+    def make_optimizer(self, params: Sequence[Tensor]) -> torch.optim.Optimizer:
+        """A fresh local optimizer over `params`, as the trainer makes one (its factory and lr)."""
+        return self._runner.trainer.optimizer(list(params), lr=self._runner.trainer.lr)
+
+    def labels(self) -> Tensor:
+        """This client's training labels (on the device)."""
+        _, y, indices = self._runner.client_data(self.client_id)
+        return y[indices]
+
+    def batches(
+        self, stream: str = "batches", max_steps: int | None = None, steps: int | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The (x, y) minibatches of this client's local work, exactly as `LocalTrainer` draws them
+        from the (seed, `stream`, round, client) generator, within the job's step budget capped by
+        `max_steps`: for a strategy that runs its own local steps on plain minibatches. `steps`
+        instead asks for exactly that many batches (as many epochs as it takes; a personalization
+        step's budget)."""
+        runner = self._runner
+        trainer = runner.trainer
+        self._require_plain_trainer("runs its own local steps on plain minibatches")
+        x, y, indices = runner.client_data(self.client_id)
+        n = len(indices)
+        batch = n if trainer.batch_size == -1 else trainer.batch_size
+        budget = trainer.num_steps(n, self._budget(max_steps)) if steps is None else (steps if n else 0)
+        generator = torch_generator(runner.seed, stream, self.round, self.client_id)
+        taken = 0
+        for perm in epoch_orders(n, batch, budget, generator):
+            order = indices[perm.to(indices.device)]
+            for start in range(0, n, batch):
+                if taken == budget:
+                    return
+                ix = order[start : start + batch]
+                taken += 1
+                yield x[ix], y[ix]
 
     def trained_weights(self) -> Tensor:
         """The worker model's weights after the last `train` (a view: copy it to keep it)."""

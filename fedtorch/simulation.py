@@ -26,6 +26,7 @@ round is exactly the protocol above. The asynchronous servers are
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -48,15 +49,18 @@ from fedtorch.client_state import ClientStateStore
 from fedtorch.clock import JobTiming, VirtualClock, compute_units, step_metrics
 from fedtorch.compatibility import check_composition, check_server, uses_sample_weights, weighting_for
 from fedtorch.data.base import FederatedDataset, Federation
+from fedtorch.data.splits import ClientTests
 from fedtorch.errors import OptionError
 from fedtorch.evaluation import evaluate, evaluate_per_client
 from fedtorch.pipeline import PipelineContext, StepFailed, UpdatePipeline, UpdateTransform
 from fedtorch.privacy.accounting import sampling_of
-from fedtorch.runner import ClientJob, ClientRunner
+from fedtorch.runner import ClientContext, ClientJob, ClientRunner, seed_torch
 from fedtorch.samplers import ClientSampler, Cohort
-from fedtorch.seeding import numpy_rng
+from fedtorch.seeding import derive_seed, numpy_rng
 from fedtorch.servers import RoundReports, ServerMode, Synchronous
+from fedtorch.sharing import module_types
 from fedtorch.strategies.base import Strategy, StrategyContext
+from fedtorch.strategies.personalization import PersonalizedStrategy
 
 log = logging.getLogger("fedtorch")
 
@@ -226,6 +230,8 @@ class Simulation:
         server: the synchronous server mode (deadline, over-selection); default: wait for everyone.
         client_state: the per-client state store (default: an unbounded in-memory one); pass a
             `ClientStateStore(path=..., memory_bytes=...)` to spill to memory-mapped files.
+        client_tests: the clients' own test splits drawn from their data (`fedtorch.data.splits`).
+        unseen: clients that never train, evaluated after their personalization step.
     """
 
     def __init__(
@@ -249,6 +255,8 @@ class Simulation:
         clock: VirtualClock | None = None,
         server: ServerMode | None = None,
         client_state: ClientStateStore | None = None,
+        client_tests: ClientTests | None = None,
+        unseen: FederatedDataset | None = None,
     ) -> None:
         self.device = torch.device(device)
         store = client_state if client_state is not None else ClientStateStore()
@@ -271,6 +279,8 @@ class Simulation:
         self.state = SimulationState()
         self.stop_reason: str | None = None
         self.stop_message: str | None = None
+        self.client_tests = None if client_tests is None else client_tests.to(self.device)
+        self.unseen = unseen
 
         transforms = list(transforms)
         sizes = self.runner.client_sizes()
@@ -279,7 +289,9 @@ class Simulation:
         check_composition(strategy, strategy.aggregator, transforms, sampler, self.runner.optimizer, names)
         layout = self.flat.layout
         strategy.setup(
-            StrategyContext(sampler.num_clients, sizes, layout, self.runner.optimizer, self.device, seed),
+            StrategyContext(
+                sampler.num_clients, sizes, layout, self.runner.optimizer, self.device, seed, module_types(self.model)
+            ),
             self.global_vector,
         )
         self.pipeline = UpdatePipeline(transforms, strategy.aggregator, weighting_for(strategy, transforms), strategy)
@@ -516,9 +528,21 @@ class Simulation:
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """The global model on the central test set (and, where clients have their own test splits,
-        the spread of per-client accuracy), personalized models on their clients' splits, and the
-        transforms' model metrics (a backdoor's success rate)."""
+        """Score the models after the round's server step (docs/metrics.md defines every key):
+
+            eval/loss, eval/accuracy    the global model on the central test set
+            eval/clients/...            the global model on every client's own test split
+            eval/personal/...           every client's own model (a personalized strategy's
+                                        `personal_model`) on the same splits
+            eval/unseen/global/...      the global model on the unseen clients' test splits
+            eval/unseen/personal/...    every unseen client's model after the strategy's
+                                        personalization step (`adapt`) on its train data
+            + the transforms' model metrics (a backdoor's success rate)
+
+        The personalization steps train on the worker model (and a copy for unseen clients), from
+        batch streams of their own (round 0 for seen, -1 for unseen clients: never a training
+        round) and read the clients' state without changing it.
+        """
         self.flat.load(self.global_vector)
         fed = self.federation
         groups, num_groups = self._test_groups()
@@ -532,25 +556,64 @@ class Simulation:
             ix = self._train_eval_index
             train = evaluate(self.model, fed.train_x[ix], fed.train_y[ix], self.loss_fn)
             metrics.update({f"eval/train_{k}": v for k, v in train.items()})
-        if self.strategy.personalized and fed.client_test_indices is not None:
-            store = self.runner.state
-            personal = evaluate_per_client(
-                self.flat,
-                fed.test_x,
-                fed.test_y,
-                fed.client_test_indices,
-                lambda k: self.strategy.personal_vector(k, self.global_vector, store),
-                self.loss_fn,
-                fed.is_classification,
-                prefix="personal",
-            )
-            metrics.update({f"eval/{k}": v for k, v in personal.items()})
+        splits = self._client_splits()
+        if self.client_tests is not None:  # drawn splits: the global model's view is computed here
+            metrics.update(self._per_client(self.runner, splits, lambda k: self.global_vector, "clients"))
+        if self.strategy.personalized and splits is not None:
+            metrics.update(self._per_client(self.runner, splits, lambda k: self._personal(self.runner, k), "personal"))
+        if self.unseen is not None:
+            runner = self._unseen_runner()
+            unseen = runner.federation
+            tests = (unseen.test_x, unseen.test_y, unseen.client_test_indices)
+            metrics.update(self._per_client(runner, tests, lambda k: self.global_vector, "unseen/global"))
+            if self.strategy.personalized:
+                adapted = lambda k: self._personal(runner, k, unseen=True)  # noqa: E731
+                metrics.update(self._per_client(runner, tests, adapted, "unseen/personal"))
         evaluators = [t for t in self.pipeline.transforms if t.evaluates_model]
         if evaluators:
             self.flat.load(self.global_vector)
             for transform in evaluators:
                 metrics.update(transform.evaluate_model(self.model))
         return metrics
+
+    def _client_splits(self) -> tuple[Tensor, Tensor, list[Tensor]] | None:
+        """(x, y, indices) of the training clients' own test splits: drawn from their data
+        (`test_fraction`), else the data's own (natural partitions), else None."""
+        if self.client_tests is not None:
+            return self.client_tests.x, self.client_tests.y, self.client_tests.indices
+        fed = self.federation
+        return None if fed.client_test_indices is None else (fed.test_x, fed.test_y, fed.client_test_indices)
+
+    def _per_client(
+        self, runner: ClientRunner, tests: Any, vector_for_client: Callable[[int], Tensor], prefix: str
+    ) -> dict[str, float]:
+        x, y, indices = tests
+        scores = evaluate_per_client(
+            runner.flat, x, y, indices, vector_for_client, self.loss_fn, runner.federation.is_classification, prefix
+        )
+        return {f"eval/{k}": v for k, v in scores.items()}
+
+    def _personal(self, runner: ClientRunner, client_id: int, unseen: bool = False) -> Tensor:
+        """Client `client_id`'s own model: the strategy's `personal_model` for a training client,
+        its personalization step `adapt` for an unseen one."""
+        strategy = self.strategy
+        if not isinstance(strategy, PersonalizedStrategy):  # a personalized strategy of the older protocol
+            return strategy.personal_vector(client_id, self.global_vector, runner.state)
+        round_idx = -1 if unseen else 0
+        seed_torch(derive_seed(self.seed, "eval_torch", round_idx, client_id), self.device)
+        context = ClientContext(runner, ClientJob(client_id, round_idx), self.global_vector, {})
+        return strategy.adapt(context) if unseen else strategy.personal_model(context)
+
+    def _unseen_runner(self) -> ClientRunner:
+        """A client runner over the unseen clients, with its own copy of the model (built once)."""
+        if not hasattr(self, "_unseen_runner_cache"):
+            assert self.unseen is not None
+            model = copy.deepcopy(self.model)  # once per run: the worker's own weights stay untouched
+            store = ClientStateStore()  # unseen clients keep nothing: their state dies with the evaluation
+            self._unseen_runner_cache = ClientRunner(
+                self.unseen, model, self.trainer, self.strategy, self.seed, self.device, self.loss_fn, store
+            )
+        return self._unseen_runner_cache
 
     def _test_groups(self) -> tuple[Tensor | None, int]:
         """The group of every central test sample (-1 for a sample of no client) and the number of

@@ -76,7 +76,9 @@ class Compressor(UpdateTransform):
         raise NotImplementedError
 
     def on_update(self, update: ClientUpdate, record: StepRecord) -> ClientUpdate:
-        vector = update.delta
+        # A partially shared model (`update.sent`) compresses only the values it sends.
+        sent = None if update.sent is None else update.sent.to(update.delta.device)
+        vector = update.delta if sent is None else update.delta[sent]
         client = update.client_id
         if self.error_feedback and client in self.residuals:
             vector = vector + self.residuals[client].to(vector.device)
@@ -85,6 +87,8 @@ class Compressor(UpdateTransform):
         if self.error_feedback:
             self.residuals[client] = (vector - decoded).cpu()
             self._changed.add(client)
+        if sent is not None:
+            decoded = torch.zeros_like(update.delta).masked_scatter_(sent, decoded)
         update.delta = decoded
         update.metrics["bytes_up"] = torch.tensor(payload_bytes(payload))
         return update

@@ -6,6 +6,10 @@ update travels dense at its dtype. Strategy payloads in `update.extra` (SCAFFOLD
 change, ...) travel dense as well and are added. Down: what every client that trained downloaded,
 the global model and the strategy's payload (e.g. SCAFFOLD's server control variate), dense at
 their dtypes (`StepRecord.download_bytes`, counted by the loop).
+
+A partially shared model (`update.sent`, a mask: FedPer's body, FedBN's non-norm layers) sends
+only its shared values and, as the server holds only those, downloads only them: both directions
+count the masked values alone (plus the payload).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class CommunicationMeter(UpdateTransform):
         self._open = False
 
     def setup(self, context: PipelineContext) -> None:
-        self.model_bytes = context.layout.size * torch.empty((), dtype=context.dtype).element_size()
+        self.element_size = torch.empty((), dtype=context.dtype).element_size()
+        self.model_bytes = context.layout.size * self.element_size
 
     def begin(self, record: StepRecord) -> None:
         self.round_up = self.round_down = self.round_dense_up = 0
@@ -49,11 +54,16 @@ class CommunicationMeter(UpdateTransform):
 
     def on_update(self, update: ClientUpdate, record: StepRecord) -> ClientUpdate:
         extra = sum(dense_bytes(t) for t in update.extra.values() if isinstance(t, Tensor))
+        dense = dense_bytes(update.delta)
+        down = record.download_bytes or self.model_bytes
+        if update.sent is not None:  # only the shared values travel, up and down
+            dense = int(update.sent.sum()) * update.delta.element_size()
+            down -= self.model_bytes - int(update.sent.sum()) * self.element_size
         encoded = update.metrics.get("bytes_up")
-        up = dense_bytes(update.delta) if encoded is None else int(encoded)
+        up = dense if encoded is None else int(encoded)
         self.round_up += up + extra
-        self.round_dense_up += dense_bytes(update.delta) + extra
-        self.round_down += record.download_bytes or self.model_bytes
+        self.round_dense_up += dense + extra
+        self.round_down += down
         return update
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:

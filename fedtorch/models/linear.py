@@ -19,6 +19,14 @@ class LinearRegression(nn.Module):
         out = self.linear(x.flatten(1))
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
+    def features(self, x: Tensor) -> Tensor:
+        """The flattened inputs: a linear model's representation (`fedtorch.models.protocol`)."""
+        return x.flatten(1)
+
+    def classifier(self, z: Tensor) -> Tensor:
+        out = self.linear(z)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
+
 
 class LogisticRegression(nn.Module):
     """Multinomial logistic regression: one linear layer producing class logits."""
@@ -31,3 +39,10 @@ class LogisticRegression(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(torch.flatten(x, 1))
+
+    def features(self, x: Tensor) -> Tensor:
+        """The flattened inputs (`fedtorch.models.protocol`)."""
+        return torch.flatten(x, 1)
+
+    def classifier(self, z: Tensor) -> Tensor:
+        return self.linear(z)

@@ -49,3 +49,11 @@ class CharLSTM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out, _ = self.lstm(self.embedding(x))
         return self.head(out[:, -1])
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last position's LSTM output (`fedtorch.models.protocol`)."""
+        out, _ = self.lstm(self.embedding(x))
+        return out[:, -1]
+
+    def classifier(self, z: Tensor) -> Tensor:
+        return self.head(z)

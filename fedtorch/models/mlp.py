@@ -30,3 +30,11 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.net(x)
         return out.squeeze(-1) if self.regression else out
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last hidden layer's activations (`fedtorch.models.protocol`)."""
+        return self.net[:-1](x)
+
+    def classifier(self, z: Tensor) -> Tensor:
+        out = self.net[-1](z)
+        return out.squeeze(-1) if self.regression else out

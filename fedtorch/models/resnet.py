@@ -77,3 +77,10 @@ class ResNet18GN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+    def features(self, x: Tensor) -> Tensor:
+        """The globally pooled last stage (`fedtorch.models.protocol`)."""
+        return self.head[1](self.head[0](self.blocks(self.stem(x))))
+
+    def classifier(self, z: Tensor) -> Tensor:
+        return self.head[2](z)

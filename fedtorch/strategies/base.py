@@ -23,8 +23,8 @@ line, what cannot work (secure aggregation under a strategy that reads individua
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,8 @@ class StrategyContext:
         local_optimizer: the clients' optimizer (lr, momentum, nesterov, ...).
         device: where the global weights live.
         seed: the run's root seed.
+        module_types: module name -> class of the model's submodules (`fedtorch.sharing.module_types`),
+            for parameter sets chosen by module type (FedBN's normalization layers).
     """
 
     num_clients: int
@@ -61,6 +63,7 @@ class StrategyContext:
     local_optimizer: OptimizerSettings
     device: torch.device
     seed: int = 0
+    module_types: Mapping[str, type] = field(default_factory=dict)
 
 
 class Strategy:

@@ -105,3 +105,62 @@ def simulate(
     if run:
         sim.run()
     return sim
+
+
+class BatchNormMLP(torch.nn.Module):
+    """Linear-BatchNorm-ReLU-Linear: the smallest model with a normalization layer (for FedBN)."""
+
+    def __init__(self, dim: int, classes: int, hidden: int = 8) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(dim, hidden)
+        self.norm = torch.nn.BatchNorm1d(hidden)
+        self.head = torch.nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.body(x))))
+
+
+def bn_model(fed: FederatedDataset, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return BatchNormMLP(fed.input_shape[0], fed.num_classes)
+
+
+def trained(model: torch.nn.Module, start: torch.Tensor, fed: FederatedDataset, client: int, generator: torch.Generator,
+            trainer: LocalTrainer, frozen: tuple[int, ...] = (), loss_fn=None) -> torch.Tensor:  # fmt: skip
+    """A second implementation of one client's local training: a separate model, the parameters in
+    `frozen` (indices in parameter order) without gradients, `LocalTrainer` from `start`."""
+    from fedtorch.client import default_loss
+    from fedtorch.params import FlatModel
+
+    flat = FlatModel(model)
+    for i in frozen:
+        flat.params[i].requires_grad_(False)
+    trainer.train(flat, start, fed.train_x, fed.train_y, fed.client_indices[client], generator,
+                  loss_fn or default_loss(fed.num_classes), client_id=client)  # fmt: skip
+    for i in frozen:
+        flat.params[i].requires_grad_(True)
+    return flat.vector.clone()
+
+
+def fedavg_of(start: torch.Tensor, locals_: dict[int, torch.Tensor], fed: FederatedDataset) -> torch.Tensor:
+    """FedAvg's new global model from client models, weighted by client sizes (by hand)."""
+    sizes = fed.client_sizes()
+    total = sum(int(sizes[k]) for k in locals_)
+    return start + sum((int(sizes[k]) / total) * (v - start) for k, v in locals_.items())
+
+
+def fine_tuned(model_fn, start: torch.Tensor, fed: FederatedDataset, client: int, steps: int, trainer_options: dict,
+               frozen: tuple[int, ...] = (), seed: int = 0, round_idx: int = 0) -> torch.Tensor:  # fmt: skip
+    """A second implementation of `ClientContext.fine_tune`: exactly `steps` trainer steps, in passes of
+    at most the trainer's local work, pass i on stream finetune/i."""
+    from fedtorch.seeding import torch_generator
+
+    weights, done, attempt = start, 0, 0
+    per_pass = LocalTrainer(**trainer_options).num_steps(len(fed.client_indices[client]))
+    while done < steps:
+        trainer = LocalTrainer(**trainer_options, max_steps=steps - done)
+        generator = torch_generator(seed, f"finetune/{attempt}", round_idx, client)
+        weights = trained(model_fn(), weights, fed, client, generator, trainer, frozen)
+        done += min(per_pass, steps - done)
+        attempt += 1
+    return weights
