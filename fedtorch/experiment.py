@@ -45,6 +45,7 @@ from fedtorch.checkpoint import CheckpointError, ResumePlan, RunFolderLock, plan
 from fedtorch.compression import CommunicationMeter
 from fedtorch.data.base import DatasetSplits, FederatedDataset
 from fedtorch.data.partitions import partition_stats
+from fedtorch.defenses.fltrust import attach_root_dataset
 from fedtorch.errors import OptionError
 from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.pipeline import UpdateTransform
@@ -370,6 +371,9 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         callbacks=callbacks,
         names=p.resume.choices,
     )
+    # A reducer that compares the clients with the server's own update (FLTrust) gets its root
+    # dataset, drawn from the clean federation, and the server's training on it.
+    attach_root_dataset(sim, fed)
     return Built(sim=sim, federation=fed, checkpointer=checkpointer, writer=writer)
 
 
