@@ -40,7 +40,7 @@ class CenteredClipping(StackedAggregator):
         iterations: L, the clipping iterations per step (the paper's experiments use 1).
     """
 
-    def __init__(self, tau: float = 1.0, iterations: int = 1) -> None:
+    def __init__(self, tau: float = 0.1, iterations: int = 1) -> None:
         self.tau = check_number("strategy.aggregator.tau", tau, 0.0, low_open=True)
         self.iterations = check_int("strategy.aggregator.iterations", iterations, 1)
         self.center: Tensor | None = None
