@@ -185,3 +185,16 @@ def test_robust_reducers_agree_with_the_mean_on_identical_updates(robust):
     rows = [[0.5, -2.0, 3.0]] * 4
     for a, b in itertools.combinations([WeightedMean(), robust()], 2):
         assert reduce(a, rows).tolist() == pytest.approx(reduce(b, rows).tolist())
+
+
+def test_declared_tolerances_are_the_reducers_breakdown_points():
+    # A strict minority for the medians; as many as trimmed at each end; the configured f for the
+    # Krum family; the mean claims nothing (compatibility then lets any attack through, as a baseline).
+    assert [CoordinateMedian().tolerates(n) for n in (9, 10, 11)] == [4, 4, 5]
+    assert [GeometricMedian().tolerates(n) for n in (9, 10)] == [4, 4]
+    assert [TrimmedMean(beta=0.2).tolerates(n) for n in (10, 24, 25)] == [2, 4, 5]
+    assert Krum(f=3).tolerates(20) == 3 and MultiKrum(f=2).tolerates(20) == 2 and Bulyan(f=2).tolerates(20) == 2
+    assert WeightedMean().tolerates(10) is None and WeightedSum().tolerates(10) is None
+    # The default declarations of a plain reducer.
+    mean = WeightedMean()
+    assert mean.bucket_size == 1 and not mean.needs_server_update and mean.state_dict() == {}

@@ -9,7 +9,7 @@ A setting is an experiment preset (conf/experiment/attack_*.yaml) with the value
 Every defense is one sweep per setting (its options differ: Krum's f, centered clipping's radius),
 with the attacks, attacker fractions, Dirichlet alphas and seeds as the multirun axes; the
 attack-free runs are a sweep of their own (attack=none has no fraction). Each sweep writes into
-<root>/<setting>/<defense>/<attacked|clean>/<job>; the jobs run one after another in one process
+<root>/<setting>/<defense>/<clean|attacked_FRACTION>/<job>; the jobs run one after another in one process
 (add `--parallel N` for Hydra's joblib launcher on a quiet machine). A sweep that already finished
 is skipped (its folder holds a summary.json per job), so the grid can be resumed.
 
@@ -77,8 +77,10 @@ def defenses(f: int, tau: float) -> dict[str, list[str]]:
     }
 
 
-def sweeps(name: str, root: Path, only: set[str] | None) -> list[tuple[Path, list[str]]]:
-    """(sweep folder, command) of every sweep of setting `name`."""
+def sweeps(
+    name: str, root: Path, only: set[str] | None = None, fractions: set[str] | None = None
+) -> list[tuple[Path, list[str]]]:
+    """(sweep folder, command) of every sweep of setting `name` (`only` these defenses, `fractions`)."""
     setting = SETTINGS[name]
     common = [
         f"experiment={setting.preset}",
@@ -88,14 +90,21 @@ def sweeps(name: str, root: Path, only: set[str] | None) -> list[tuple[Path, lis
     ]
     if setting.alphas is not None:
         common.append(f"partition.alpha={','.join(setting.alphas)}")
+    chosen = {
+        defense: overrides
+        for defense, overrides in defenses(setting.f, setting.tau).items()
+        if (not only or defense in only) and defense not in setting.skip
+    }
     out = []
-    for defense, overrides in defenses(setting.f, setting.tau).items():
-        if (only and defense not in only) or defense in setting.skip:
-            continue
-        for part, axes in (
-            ("clean", ["attack=none"]),
-            ("attacked", [f"attack={','.join(setting.attacks)}", f"attack.fraction={','.join(setting.fractions)}"]),
-        ):
+    # The attack-free runs first, then the largest attacker fraction for every defense, then the
+    # smaller ones: a grid stopped early still has every defense at the headline fraction.
+    parts = [("clean", ["attack=none"])] + [
+        (f"attacked_{fraction}", [f"attack={','.join(setting.attacks)}", f"attack.fraction={fraction}"])
+        for fraction in sorted(setting.fractions, key=float, reverse=True)
+        if not fractions or fraction in fractions
+    ]
+    for part, axes in parts:
+        for defense, overrides in chosen.items():
             folder = root / name / defense / part
             command = [sys.executable, "-m", "fedtorch", "-m", *common, *overrides, *axes]
             out.append((folder, [*command, f"hydra.sweep.dir={folder}"]))
@@ -112,12 +121,14 @@ def main() -> None:
     parser.add_argument("settings", nargs="+", choices=sorted(SETTINGS))
     parser.add_argument("--root", type=Path, default=Path("outputs/multirun/attack_grid"))
     parser.add_argument("--defenses", help="comma-separated subset of the defenses")
+    parser.add_argument("--fractions", help="comma-separated subset of the attacker fractions")
     parser.add_argument("--parallel", type=int, default=0, help="jobs at once (Hydra's joblib launcher)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args()
     only = set(args.defenses.split(",")) if args.defenses else None
+    fractions = set(args.fractions.split(",")) if args.fractions else None
     for name in args.settings:
-        for folder, command in sweeps(name, args.root, only):
+        for folder, command in sweeps(name, args.root, only, fractions):
             if args.parallel > 1:
                 command += ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={args.parallel}"]
             print(shlex.join(command), flush=True)
