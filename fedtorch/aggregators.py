@@ -41,15 +41,19 @@ from fedtorch.errors import check_int, check_number
 class Aggregator:
     """Base class. Subclasses implement `add`, `result`, `merge` and `reset`.
 
-    Declarations (read by `fedtorch.compatibility`): `needs_all_updates`, `min_updates`,
-    `bucket_size`, `needs_server_update` and `tolerates(n)`. The pipeline calls `setup(seed)` once
-    and `begin_step(step)` at every step, so a reducer that draws random numbers (bucketing's
-    permutation) derives them from (seed, step); a reducer with state between steps (centered
-    clipping's centre) returns it from `state_dict`, which the pipeline checkpoints.
+    Declarations (read by `fedtorch.compatibility`): `needs_all_updates`,
+    `reads_individual_updates`, `min_updates`, `bucket_size`, `needs_server_update` and
+    `tolerates(n)`. The pipeline calls `setup(seed)` once and `begin_step(step)` at every step, so a
+    reducer that draws random numbers (bucketing's permutation) derives them from (seed, step); a
+    reducer with state between steps (centered clipping's centre) returns it from `state_dict`,
+    which the pipeline checkpoints.
     """
 
     #: True when the reducer needs every update at once (no streaming; gathers across processes).
     needs_all_updates: bool = False
+    #: True when the reducer looks at each update on its own (a stack, or a per-update clip), so
+    #: it cannot follow secure aggregation, which hands it only masked updates.
+    reads_individual_updates: bool = False
     #: The fewest updates the reducer is defined for; a round with fewer skips the server step.
     min_updates: int = 1
     #: Updates averaged into one before the robust rule sees them (bucketing's s); 1 otherwise.
@@ -168,6 +172,7 @@ class StackedAggregator(Aggregator):
     """
 
     needs_all_updates = True
+    reads_individual_updates = True
 
     def __init__(self) -> None:
         self.reset()

@@ -7,7 +7,7 @@ a subclass overrides):
   `keeps_client_state`, `needs_fixed_cohort`, `sets_weights`, `local_optimizers`;
 - transforms (`fedtorch.pipeline.UpdateTransform`): `sum_only`, `needs_uniform_weights`,
   `needs_mean`, `omniscient`, `malicious_fraction`;
-- aggregators: `needs_all_updates`, `min_updates`, `bucket_size`, `tolerates(n)`;
+- aggregators: `reads_individual_updates`, `min_updates`, `bucket_size`, `tolerates(n)`;
 - samplers: `size_biased`, `expected_cohort_size()`, `fixed_cohort_size()`.
 
 `check_composition` reads the declarations and raises the first conflict as one `OptionError`
@@ -84,7 +84,7 @@ def check_composition(
                     f"{what.text} reveals only the sum of the updates, and strategy={strategy_name} reads "
                     "individual updates: use a FedAvg/FedOpt-family strategy, or turn it off",
                 )
-            if aggregator.needs_all_updates:
+            if aggregator.reads_individual_updates:
                 raise OptionError(
                     "strategy.aggregator",
                     reducer,

@@ -27,9 +27,14 @@ from fedtorch.errors import check_number
 class NormBounding(WeightedMean):
     """The weighted mean of the updates clipped to norm `max_norm`.
 
+    It reads every update (to clip it), so it cannot follow secure aggregation; clients that clip
+    their own updates before masking are DP-FedAvg's clipping (`privacy=central_fixed`).
+
     Args:
         max_norm: M, the largest update norm that counts in full.
     """
+
+    reads_individual_updates = True
 
     def __init__(self, max_norm: float = 1.0) -> None:
         self.max_norm = check_number("strategy.aggregator.max_norm", max_norm, 0.0, low_open=True)

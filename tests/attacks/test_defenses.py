@@ -255,3 +255,8 @@ def test_defenses_learn_with_server_and_client_momentum_under_attack(make):
     sim.rounds = 8
     sim.run()
     assert sim.state.history[-1]["eval/accuracy"] > 0.8  # 3 classes: chance is 1/3
+
+
+def test_norm_bounding_streams_but_cannot_follow_secure_aggregation():
+    with pytest.raises(OptionError, match=r"aggregator='NormBounding' is invalid: secure aggregation reveals only"):
+        Server(FedAvg(aggregator=NormBounding(max_norm=1.0)), torch.zeros(2), [SecureAggregation()])
