@@ -4,12 +4,10 @@ the all_gather merge of the distributed backend (two gloo processes)."""
 from __future__ import annotations
 
 import itertools
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from fedtorch.aggregators import (
     Bulyan,
@@ -24,6 +22,7 @@ from fedtorch.aggregators import (
     pairwise_sq_distances,
 )
 from fedtorch.strategies import FedAvg
+from tests._gloo import run_two_processes
 from tests._server import Server
 
 
@@ -152,11 +151,7 @@ def _merge_worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_merge_all_gathers_stacks_of_different_sizes(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # fork: the children need not import torch again (spawn costs seconds per process)
-    mp.start_processes(_merge_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    run_two_processes(_merge_worker, tmp_path)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     rows = _updates_for(0) + _updates_for(1)
     weights = [1.0, 2.0, 3.0, 11.0]

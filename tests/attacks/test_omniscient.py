@@ -5,13 +5,11 @@ while FedAvg without such an attacker still streams."""
 from __future__ import annotations
 
 import math
-import socket
 from statistics import NormalDist
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from fedtorch.aggregators import CoordinateMedian, Krum, TrimmedMean, WeightedMean
 from fedtorch.attacks import ALIE, IPM, FangKrum, FangTrimmedMean, MinMax, MinSum, SignFlip, alie_z_max
@@ -19,6 +17,7 @@ from fedtorch.attacks.min_max import largest_gamma
 from fedtorch.client import ClientUpdate
 from fedtorch.pipeline import PipelineContext, StepRecord, UpdatePipeline, UpdateTransform
 from fedtorch.strategies import FedAvg
+from tests._gloo import run_two_processes
 from tests._server import Server, flat_layout
 
 BENIGN = [[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]]
@@ -230,10 +229,7 @@ def _distributed_worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_the_distributed_backend_shows_every_process_the_same_step(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_distributed_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    run_two_processes(_distributed_worker, tmp_path)
     deltas = torch.randn(8, 5, generator=torch.Generator().manual_seed(3))
     for name, aggregator in (("mean", WeightedMean()), ("median", CoordinateMedian())):
         attack = ALIE(fraction=0.25, num_clients=8, seed=0)
