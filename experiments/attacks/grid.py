@@ -49,7 +49,7 @@ SETTINGS = {
     "mnist": Setting(
         "attack_mnist",
         f=2,
-        tau=1.0,
+        tau=0.5,
         alphas=("1", "0.1"),
         fractions=("0.2",),
         seeds=("0",),
@@ -99,7 +99,9 @@ def sweeps(
     # The attack-free runs first, then the largest attacker fraction for every defense, then the
     # smaller ones: a grid stopped early still has every defense at the headline fraction.
     parts = [("clean", ["attack=none"])] + [
-        (f"attacked_{fraction}", [f"attack={','.join(setting.attacks)}", f"attack.fraction={fraction}"])
+        # choice(): a sweep axis even with one value (a plain override would be applied to the
+        # default attack=none first, which has no fraction).
+        (f"attacked_{fraction}", [f"attack={','.join(setting.attacks)}", f"attack.fraction=choice({fraction})"])
         for fraction in sorted(setting.fractions, key=float, reverse=True)
         if not fractions or fraction in fractions
     ]

@@ -8,11 +8,13 @@ metrics.jsonl) and writes, per setting and attacker fraction,
 - `grid_<setting>_<fraction>.md`: one table per Dirichlet alpha (or the natural partition): a row
   per defense, a column per attack, each cell "final / worst" test accuracy in %, the mean over the
   seeds (and its standard deviation for the final accuracy). *Final* is the last round's accuracy,
-  *worst* the lowest accuracy over the second half of the rounds (after the warm-up: how far an
-  attack can pull a run down on its way); a backdoor's success rate is added where one is logged;
+  *worst* the lowest accuracy over the last 10 rounds (how far an attack pulls a run down between
+  two evaluations once it has learned: oscillations, collapses); a backdoor's success rate is added where one is logged;
   a run that diverged counts as accuracy 0.1 (chance) and is marked with its count;
 - `grid_<setting>_<fraction>.png`: the heat map of the mean final accuracy minus the attack-free
-  FedAvg accuracy of the same alpha (0 = no loss; one panel per alpha).
+  FedAvg accuracy of the same alpha (0 = no loss; one panel per alpha), and
+  `grid_<setting>_<fraction>_cost.png` minus each defense's own attack-free accuracy (what the
+  attack costs that defense).
 
 The attack-free column "none" is the same for both fractions. Stdout gets the Markdown.
 """
@@ -57,6 +59,7 @@ LABELS = {
     "norm_bounding": "norm bounding",
 }
 CHANCE = 0.1
+WORST_WINDOW = 10  # rounds at the end over which the worst accuracy is taken
 
 
 def collect(root: Path) -> dict[tuple[str, str, str, str, str], list[dict[str, float | bool]]]:
@@ -75,10 +78,10 @@ def collect(root: Path) -> dict[tuple[str, str, str, str, str], list[dict[str, f
         alpha = run.overrides.get("partition.alpha", "natural")
         accuracy = [row["eval/accuracy"] for row in run.history if "eval/accuracy" in row]
         diverged = bool(run.summary.get("diverged")) or not accuracy
-        second_half = accuracy[len(accuracy) // 2 :]
+        last = accuracy[-WORST_WINDOW:]
         record: dict[str, float | bool] = {
             "final": CHANCE if diverged else accuracy[-1],
-            "worst": CHANCE if diverged or not second_half else min(second_half),
+            "worst": CHANCE if diverged else min(last),
             "diverged": diverged,
         }
         success = [row["eval/attack/backdoor_success"] for row in run.history if "eval/attack/backdoor_success" in row]
@@ -140,7 +143,9 @@ def tables(cells, setting: str, fraction: str) -> str:
     return "\n".join(lines)
 
 
-def heat_map(cells, setting: str, fraction: str, path: Path) -> None:
+def heat_map(cells, setting: str, fraction: str, path: Path, own_baseline: bool = False) -> None:
+    """Mean final accuracy minus attack-free FedAvg's (or, `own_baseline`, minus the same defense's
+    attack-free accuracy: what the attack costs it), in points, one panel per alpha."""
     plt = _pyplot()
     keys = [k for k in cells if k[0] == setting and k[1] in (fraction, "0")]
     alphas = _alphas({k[2] for k in keys})
@@ -154,10 +159,12 @@ def heat_map(cells, setting: str, fraction: str, path: Path) -> None:
         reference = _mean(reference_records, "final") if reference_records else math.nan
         grid = []
         for defense in defenses:
+            own = cells.get((setting, "0", alpha, defense, "none"))
+            base = (_mean(own, "final") if own else math.nan) if own_baseline else reference
             row = []
             for attack in attacks:
                 records = cells.get((setting, "0" if attack == "none" else fraction, alpha, defense, attack))
-                row.append(100 * (_mean(records, "final") - reference) if records else math.nan)
+                row.append(100 * (_mean(records, "final") - base) if records else math.nan)
             grid.append(row)
         image = axis.imshow(grid, cmap="RdYlGn", vmin=-40, vmax=10, aspect="auto")
         for i, row in enumerate(grid):
@@ -170,7 +177,8 @@ def heat_map(cells, setting: str, fraction: str, path: Path) -> None:
         axis.set_title(f"{where} (FedAvg clean {100 * reference:.1f}%)", fontsize=9)
         if axis is not axes[0]:
             axis.set_yticklabels([])
-    figure.suptitle(f"{setting}, {float(fraction):.0%} attackers: final accuracy - attack-free FedAvg (points)")
+    baseline = "the defense's own attack-free run" if own_baseline else "attack-free FedAvg"
+    figure.suptitle(f"{setting}, {float(fraction):.0%} attackers: final accuracy - {baseline} (points)")
     figure.colorbar(image, ax=axes, shrink=0.8)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
@@ -192,6 +200,7 @@ def main() -> None:
             print(text)
             if not args.no_figures:
                 heat_map(cells, setting, fraction, out / f"grid_{setting}_{fraction}.png")
+                heat_map(cells, setting, fraction, out / f"grid_{setting}_{fraction}_cost.png", own_baseline=True)
 
 
 if __name__ == "__main__":
