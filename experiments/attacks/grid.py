@@ -11,7 +11,8 @@ with the attacks, attacker fractions, Dirichlet alphas and seeds as the multirun
 attack-free runs are a sweep of their own (attack=none has no fraction). Each sweep writes into
 <root>/<setting>/<defense>/<clean|attacked_FRACTION>/<job>; the jobs run one after another in one process
 (add `--parallel N` for Hydra's joblib launcher on a quiet machine). A sweep that already finished
-is skipped (its folder holds a summary.json per job), so the grid can be resumed.
+is skipped (its folder holds a summary.json per job), so the grid can be resumed. Last, FedAvg
+with `attack=silent` (the attackers' updates dropped) gives the ceiling of any defense.
 
 The defenses' options follow from the cohort: f = the attackers of a round at the largest fraction
 (20% of 25 = 5 on the synthetic settings, 20% of 10 = 2 on MNIST), the trimmed mean's beta = 0.2;
@@ -107,10 +108,17 @@ def sweeps(
     ]
     for part, axes in parts:
         for defense, overrides in chosen.items():
-            folder = root / name / defense / part
-            command = [sys.executable, "-m", "fedtorch", "-m", *common, *overrides, *axes]
-            out.append((folder, [*command, f"hydra.sweep.dir={folder}"]))
+            out.append(_sweep(root / name / defense / part, [*common, *overrides, *axes]))
+    # The ceiling of every defense: FedAvg over the honest clients alone (attack=silent).
+    for fraction in sorted(setting.fractions, key=float, reverse=True):
+        if (not fractions or fraction in fractions) and (not only or "fedavg" in only):
+            axes = ["strategy=fedavg", "attack=silent", f"attack.fraction=choice({fraction})"]
+            out.append(_sweep(root / name / "fedavg" / f"oracle_{fraction}", [*common, *axes]))
     return out
+
+
+def _sweep(folder: Path, overrides: list[str]) -> tuple[Path, list[str]]:
+    return folder, [sys.executable, "-m", "fedtorch", "-m", *overrides, f"hydra.sweep.dir={folder}"]
 
 
 def finished(folder: Path) -> bool:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from fedtorch.report import _pyplot, find_runs, load_run
 
-ATTACK_ORDER = ["none", "alie", "ipm", "min_max", "min_sum", "fang_trimmed_mean", "fang_krum", "backdoor"]
+ATTACK_ORDER = ["none", "silent", "alie", "ipm", "min_max", "min_sum", "fang_trimmed_mean", "fang_krum", "backdoor"]
 DEFENSE_ORDER = [
     "fedavg",
     "fedavgm",

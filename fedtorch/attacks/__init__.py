@@ -8,6 +8,7 @@ defend.
     IPM                                 inner-product manipulation (ipm.py)       } full knowledge:
     MinMax, MinSum                      distance-bounded (min_max.py)             } omniscient.py
     FangTrimmedMean, FangKrum           Fang et al.'s attacks (fang.py)           }
+    Silent                              attackers whose updates are dropped: the ceiling of any defense
 """
 
 from fedtorch.attacks.alie import ALIE, alie_z_max
@@ -18,6 +19,7 @@ from fedtorch.attacks.ipm import IPM
 from fedtorch.attacks.min_max import MinMax, MinSum
 from fedtorch.attacks.model_poisoning import GaussianAttack, Scaling, SignFlip
 from fedtorch.attacks.omniscient import OmniscientAttack
+from fedtorch.attacks.silent import Silent
 
 __all__ = [
     "ALIE",
@@ -32,6 +34,7 @@ __all__ = [
     "MinSum",
     "OmniscientAttack",
     "Scaling",
+    "Silent",
     "SignFlip",
     "alie_z_max",
     "choose_attackers",

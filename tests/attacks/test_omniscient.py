@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from fedtorch.aggregators import CoordinateMedian, Krum, TrimmedMean, WeightedMean
-from fedtorch.attacks import ALIE, IPM, FangKrum, FangTrimmedMean, MinMax, MinSum, SignFlip, alie_z_max
+from fedtorch.attacks import ALIE, IPM, FangKrum, FangTrimmedMean, MinMax, MinSum, SignFlip, Silent, alie_z_max
 from fedtorch.attacks.min_max import largest_gamma
 from fedtorch.client import ClientUpdate
 from fedtorch.pipeline import PipelineContext, StepRecord, UpdatePipeline, UpdateTransform
@@ -242,3 +242,15 @@ def test_the_distributed_backend_shows_every_process_the_same_step(tmp_path):
         for rank in (0, 1):
             got = torch.load(tmp_path / f"rank{rank}.pt")[name]
             torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7, msg=f"rank {rank}, {name}")
+
+
+def test_silent_attackers_are_fedavg_over_the_honest_clients():
+    deltas = [torch.full((3,), float(k)) for k in range(10)]
+    attack = Silent(fraction=0.3, num_clients=10, seed=0)
+    server = Server(FedAvg(), torch.zeros(3), [attack])
+    metrics = server.round(1, deltas, samples=list(range(1, 11)))
+    honest = [k for k in range(10) if k not in attack.attackers]
+    expected = sum((k + 1) * k for k in honest) / sum(k + 1 for k in honest)  # sample-weighted
+    torch.testing.assert_close(server.vector, torch.full((3,), expected))
+    assert metrics["attack/malicious_clients"] == 3.0
+    assert server.pipeline.record.contributors == honest
