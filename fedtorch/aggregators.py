@@ -14,6 +14,9 @@ Krum) keep the stack. `merge(process_group)` combines the partial state of sever
     Bulyan             iterated Krum + trimmed median              (El Mhamdi et al. 2018)
     GeometricMedian    smoothed Weiszfeld, RFA                     (Pillutla et al. 2022)
 
+Defenses built on these reducers (bucketing, nearest-neighbour mixing, centered clipping, norm
+bounding, FLTrust) live in `fedtorch.defenses`.
+
 Every reducer's result is independent of the order in which updates arrive (backends and
 processes deliver them in different orders): the stacked reducers sort the round's updates by
 client id before reducing, so ties (Krum's and Bulyan's equal scores) go to the lower client id;
@@ -26,6 +29,7 @@ count), except GeometricMedian, which uses the weights as RFA does (`weighted=fa
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,12 +39,51 @@ from fedtorch.errors import check_int, check_number
 
 
 class Aggregator:
-    """Base class. Subclasses implement `add`, `result`, `merge` and `reset`."""
+    """Base class. Subclasses implement `add`, `result`, `merge` and `reset`.
+
+    Declarations (read by `fedtorch.compatibility`): `needs_all_updates`,
+    `reads_individual_updates`, `min_updates`, `bucket_size`, `needs_server_update` and
+    `tolerates(n)`. The pipeline calls `setup(seed)` once and `begin_step(step)` at every step, so a
+    reducer that draws random numbers (bucketing's permutation) derives them from (seed, step); a
+    reducer with state between steps (centered clipping's centre) returns it from `state_dict`,
+    which the pipeline checkpoints.
+    """
 
     #: True when the reducer needs every update at once (no streaming; gathers across processes).
     needs_all_updates: bool = False
+    #: True when the reducer looks at each update on its own (a stack, or a per-update clip), so
+    #: it cannot follow secure aggregation, which hands it only masked updates.
+    reads_individual_updates: bool = False
     #: The fewest updates the reducer is defined for; a round with fewer skips the server step.
     min_updates: int = 1
+    #: Updates averaged into one before the robust rule sees them (bucketing's s); 1 otherwise.
+    bucket_size: int = 1
+    #: The reducer compares the clients' updates with the server's own update on a root dataset
+    #: (FLTrust); the run must provide it (`fedtorch.defenses.fltrust.attach_root_dataset`).
+    needs_server_update: bool = False
+
+    def tolerates(self, n: int) -> int | None:
+        """The most Byzantine updates among `n` the reducer is designed to withstand (its breakdown
+        point), or None where it makes no such claim (the mean; defenses whose guarantee is not a
+        count). `fedtorch.compatibility` refuses an attack that puts more attackers in a round."""
+        return None
+
+    def setup(self, seed: int) -> None:
+        """Called once, before the first step, with the run's root seed."""
+
+    def begin_step(self, step: int) -> None:
+        """A server step starts (after `reset`)."""
+
+    def step_metrics(self) -> dict[str, float]:
+        """Scalars about the step just reduced (logged with the transforms' metrics)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """State carried from one step to the next (none for a memoryless reducer)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     def reset(self, like: Tensor | None = None) -> None:
         """Start a round; `like` (the global vector) fixes the size, dtype and device."""
@@ -129,6 +172,7 @@ class StackedAggregator(Aggregator):
     """
 
     needs_all_updates = True
+    reads_individual_updates = True
 
     def __init__(self) -> None:
         self.reset()
@@ -172,33 +216,51 @@ class StackedAggregator(Aggregator):
         raise NotImplementedError
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
-        if self._updates:
-            size, device, dtype = self._updates[0].numel(), self._updates[0].device, self._updates[0].dtype
-        elif self._like is not None:
-            size, device, dtype = self._like.numel(), self._like.device, self._like.dtype
-        else:
+        if not self._updates and self._like is None:
             raise RuntimeError("merge() needs reset(like=global_vector) on processes that trained no client")
-        world = dist.get_world_size(group)
-        count = torch.tensor([len(self._updates)], device=device, dtype=torch.int64)
-        counts = [torch.zeros_like(count) for _ in range(world)]
-        dist.all_gather(counts, count, group=group)
-        counts_host = [int(c) for c in counts]
-        largest = max(counts_host)
-        if largest == 0:
-            return
-        # One row per update: the update, its weight and its client id, padded to the largest stack.
-        local = torch.zeros(largest, size + 2, device=device, dtype=torch.float64)
-        for i, (update, weight, client) in enumerate(zip(self._updates, self._weights, self._ids)):
-            local[i, :size] = update
-            local[i, size] = weight
-            local[i, size + 1] = float(client)  # exact: client ids are far below 2^53
-        gathered = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(gathered, local, group=group)
-        rows = torch.cat([g[:n] for g, n in zip(gathered, counts_host)])
-        self._updates = [row[:size].to(dtype) for row in rows]
-        self._weights = rows[:, size].tolist()
-        self._ids = [int(v) for v in rows[:, size + 1].tolist()]
+        self._updates, self._weights, self._ids = all_gather_updates(
+            self._updates, self._weights, self._ids, self._like, group
+        )
         self._count = len(self._updates)
+
+
+def all_gather_updates(
+    updates: list[Tensor],
+    weights: list[float],
+    ids: list[int],
+    like: Tensor | None,
+    group: dist.ProcessGroup | None = None,
+) -> tuple[list[Tensor], list[float], list[int]]:
+    """Every process's (update, weight, client id) triples, on every process of `group`.
+
+    Processes may hold different numbers of updates (or none: `like` then gives the size, dtype
+    and device), so the stacks are padded to the largest before one `all_gather`; each row carries
+    the update, its weight and its client id. The result is in rank order (callers sort by id).
+    """
+    if updates:
+        size, device, dtype = updates[0].numel(), updates[0].device, updates[0].dtype
+    elif like is not None:
+        size, device, dtype = like.numel(), like.device, like.dtype
+    else:
+        raise RuntimeError("all_gather_updates needs `like` on processes that hold no update")
+    world = dist.get_world_size(group)
+    count = torch.tensor([len(updates)], device=device, dtype=torch.int64)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count, group=group)
+    counts_host = [int(c) for c in counts]
+    largest = max(counts_host)
+    if largest == 0:
+        return [], [], []
+    # One row per update: the update, its weight and its client id, padded to the largest stack.
+    local = torch.zeros(largest, size + 2, device=device, dtype=torch.float64)
+    for i, (update, weight, client) in enumerate(zip(updates, weights, ids)):
+        local[i, :size] = update
+        local[i, size] = weight
+        local[i, size + 1] = float(client)  # exact: client ids are far below 2^53
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local, group=group)
+    rows = torch.cat([g[:n] for g, n in zip(gathered, counts_host)])
+    return [row[:size].to(dtype) for row in rows], rows[:, size].tolist(), [int(v) for v in rows[:, size + 1].tolist()]
 
 
 def _sorted_coordinates(stack: Tensor) -> Tensor:
@@ -218,6 +280,9 @@ class CoordinateMedian(StackedAggregator):
             return ordered[n // 2]
         return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
+    def tolerates(self, n: int) -> int | None:
+        return (n - 1) // 2  # breakdown point 1/2: a strict minority
+
 
 class TrimmedMean(StackedAggregator):
     """Coordinate-wise beta-trimmed mean (Yin et al. 2018): per coordinate, drop the
@@ -236,6 +301,9 @@ class TrimmedMean(StackedAggregator):
         n = stack.shape[0]
         k = int(math.floor(self.beta * n + 1e-9))
         return _sorted_coordinates(stack)[k : n - k].mean(dim=0)
+
+    def tolerates(self, n: int) -> int | None:
+        return int(math.floor(self.beta * n + 1e-9))  # as many as it trims at each end
 
 
 def pairwise_sq_distances(stack: Tensor) -> Tensor:
@@ -284,6 +352,9 @@ class Krum(StackedAggregator):
     def min_updates(self) -> int:
         return 2 * self.f + 3
 
+    def tolerates(self, n: int) -> int | None:
+        return self.f
+
     def select(self, stack: Tensor) -> Tensor:
         """Indices of the selected updates, best score first."""
         n = stack.shape[0]
@@ -320,6 +391,9 @@ class Bulyan(StackedAggregator):
     @property
     def min_updates(self) -> int:
         return 4 * self.f + 3
+
+    def tolerates(self, n: int) -> int | None:
+        return self.f
 
     def select(self, stack: Tensor) -> list[int]:
         """The theta = n - 2f updates chosen by iterated Krum, in the order they were chosen."""
@@ -364,6 +438,9 @@ class GeometricMedian(StackedAggregator):
         self.nu = check_number("strategy.aggregator.nu", nu, 0.0, low_open=True)
         self.weighted = weighted
         super().__init__()
+
+    def tolerates(self, n: int) -> int | None:
+        return (n - 1) // 2  # breakdown point 1/2 (of the weight, when weighted)
 
     def reduce(self, stack: Tensor, weights: Tensor) -> Tensor:
         x = stack.to(torch.float64)

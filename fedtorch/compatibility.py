@@ -6,8 +6,9 @@ a subclass overrides):
 - strategies (`fedtorch.strategies.base.Strategy`): `reads_updates`, `changes_local_training`,
   `keeps_client_state`, `needs_fixed_cohort`, `sets_weights`, `local_optimizers`;
 - transforms (`fedtorch.pipeline.UpdateTransform`): `sum_only`, `needs_uniform_weights`,
-  `needs_mean`;
-- aggregators: `needs_all_updates`, `min_updates`;
+  `needs_mean`, `omniscient`, `malicious_fraction`;
+- aggregators: `needs_all_updates`, `reads_individual_updates`, `min_updates`, `bucket_size`,
+  `tolerates(n)`;
 - samplers: `size_biased`, `expected_cohort_size()`, `fixed_cohort_size()`;
 - server modes (`fedtorch.servers`): `asynchronous`, `needs_clock`, `supports_central_dp`,
   `concurrency`, `buffer_size` (`check_server`).
@@ -19,6 +20,7 @@ aggregation weights the pipeline uses, which some transforms constrain (DP-FedAv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,8 +71,16 @@ def check_composition(
     names = dict(names or {})
     strategy_name = names.get("strategy", strategy.name)
     reducer = type(aggregator).__name__
+    sum_only = [t for t in transforms if t.sum_only]
     for transform in transforms:
         what = _describe(transform, names)
+        if transform.omniscient and sum_only:
+            raise OptionError(
+                what.key,
+                what.value,
+                f"{what.text} crafts its updates from the round's individual benign updates, and "
+                f"{_describe(sum_only[0], names).text} reveals only their sum: turn one of them off",
+            )
         if transform.sum_only:
             if strategy.reads_updates:
                 raise OptionError(
@@ -79,7 +89,7 @@ def check_composition(
                     f"{what.text} reveals only the sum of the updates, and strategy={strategy_name} reads "
                     "individual updates: use a FedAvg/FedOpt-family strategy, or turn it off",
                 )
-            if aggregator.needs_all_updates:
+            if aggregator.reads_individual_updates:
                 raise OptionError(
                     "strategy.aggregator",
                     reducer,
@@ -104,6 +114,15 @@ def check_composition(
                 "individual updates (use a FedAvg/FedOpt-family strategy: fedavg, fedavgm, fedadam, fedadagrad, "
                 "fedyogi, fedprox)",
             )
+    cohort = sampler.expected_cohort_size()
+    if aggregator.bucket_size > 1 and aggregator.bucket_size > cohort:
+        raise OptionError(
+            "strategy.aggregator.bucket_size",
+            aggregator.bucket_size,
+            f"at most the {cohort:g} clients per round (a bucket of the whole cohort is the plain mean); "
+            "Karimireddy et al. use 2",
+        )
+    _check_tolerance(aggregator, transforms, cohort, names)
     needed = aggregator.min_updates
     if needed > 1 and sampler.expected_cohort_size() < needed:
         f = getattr(aggregator, "f", None)
@@ -200,6 +219,14 @@ def check_server(
                 f"{what.text} masks within a cohort fixed before training, and a server={mode} buffer is known only "
                 "as its updates arrive (FedBuff's paper aggregates in a trusted enclave): turn it off",
             )
+        if transform.omniscient:
+            what = _describe(transform, names)
+            raise OptionError(
+                what.key,
+                what.value,
+                f"{what.text} reads every update of a synchronous round at once, and a server={mode} step has no "
+                "fixed cohort to read: use a synchronous server (server=sync or deadline)",
+            )
     reducer = type(aggregator).__name__
     if aggregator.min_updates > buffer:
         raise OptionError(
@@ -227,6 +254,30 @@ def check_async_sampler(sampler: ClientSampler, server: ServerMode, names: Mappi
             f"server={names.get('server', server.name)} dispatches its own clients (uniformly among the idle ones, "
             "server.concurrency at a time): keep sampler=uniform without dropout or stragglers",
         )
+
+
+def _check_tolerance(
+    aggregator: Aggregator, transforms: Sequence[UpdateTransform], cohort: float, names: Mapping[str, Any]
+) -> None:
+    """Refuse an attack that puts more Byzantine clients in an average round than the reducer's
+    declared tolerance (its breakdown point, or the f it was configured for)."""
+    for transform in transforms:
+        fraction = transform.malicious_fraction
+        if fraction <= 0:
+            continue
+        n = max(int(math.floor(cohort + 1e-9)), 1)
+        expected = math.ceil(fraction * cohort - 1e-9)  # E[attackers in a round], rounded up
+        tolerated = aggregator.tolerates(n)
+        if tolerated is not None and expected > tolerated:
+            what = _describe(transform, names)
+            reducer = type(aggregator).__name__
+            raise OptionError(
+                f"{what.key}.fraction",
+                fraction,
+                f"{what.text} puts about {expected} attackers in a round of {n} clients, and {reducer} tolerates "
+                f"at most {tolerated}: lower attack.fraction or configure the reducer for more "
+                "(strategy.aggregator.f, beta or bucket_size)",
+            )
 
 
 class _Described:

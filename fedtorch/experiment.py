@@ -65,6 +65,7 @@ from fedtorch.data.auto import Auto
 from fedtorch.data.base import DatasetSplits, FederatedDataset, Federation
 from fedtorch.data.partitions import Natural, partition_stats
 from fedtorch.data.splits import ClientSplit, SplitFederation
+from fedtorch.defenses.fltrust import attach_root_dataset
 from fedtorch.errors import OptionError
 from fedtorch.io import atomic_torch_save, atomic_write_json
 from fedtorch.pipeline import UpdateTransform
@@ -582,6 +583,9 @@ def build(p: Plan, components: Mapping[str, Any] | None = None) -> Built:
         sim = Simulation(
             train_fed, model, strategy, sampler, trainer, rounds=cfg.rounds, clock=clock, server=server, **common
         )
+    # A reducer that compares the clients with the server's own update (FLTrust) gets its root
+    # dataset, drawn from the clean federation, and the server's training on it.
+    attach_root_dataset(sim, fed)
     return Built(sim=sim, federation=fed, checkpointer=checkpointer, writer=writer)
 
 

@@ -16,6 +16,18 @@ of the strategy or the other transforms declares it (`needs_uniform_weights`, `s
 The pipeline consumes updates one at a time, so the same object serves a synchronous round (all
 of the round's updates, then one step) and an asynchronous server (a buffer of K arrivals per
 step). Its state for a step is reduced across processes by `merge` (the distributed backend).
+
+Omniscient transforms. Colluding attackers that craft their updates from everything the honest
+clients sent (ALIE, IPM, min-max, Fang et al.'s attacks) must see the whole step first. A
+transform that declares `omniscient = True` gets, instead of `on_update`, one `on_step` call with
+all of the step's updates sorted by client id (so every backend and arrival order gives the same
+view), after the last update arrived and before the aggregator reduces; it replaces its own
+clients' updates, and the rest of the path (later transforms, the strategy's bookkeeping, the
+aggregator) then takes them in client-id order. Only then does the pipeline keep the step's
+updates (O(clients x model) memory); without an omniscient transform it streams exactly as
+before, in O(model) for the weighted mean. Under the distributed backend the processes first
+all-gather the step's updates, so the transform sees the same view on every process, and each
+process passes on only the updates it received.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from fedtorch.aggregators import Aggregator
+from fedtorch.aggregators import Aggregator, all_gather_updates
 from fedtorch.client import ClientUpdate
 from fedtorch.params import VectorLayout
 
@@ -115,6 +127,11 @@ class UpdateTransform:
             1 - secagg.dropout; it enters `PipelineContext.report_probability`.
         evaluates_model: `evaluate_model` adds metrics whenever the global model is evaluated
             (a backdoor's success rate).
+        omniscient: the transform sees the whole step at once (`on_step`, after every update of
+            the step arrived) instead of one update at a time; the pipeline then keeps the step's
+            updates, and it cannot follow secure aggregation.
+        malicious_fraction: the share of the federation's clients it makes Byzantine (an
+            attack's `fraction`); compared with what the reducer tolerates.
     """
 
     #: The config group it comes from (for messages): "attack", "compression", "privacy", "secagg".
@@ -125,6 +142,8 @@ class UpdateTransform:
     releases_empty_steps: bool = False
     report_probability: float = 1.0
     evaluates_model: bool = False
+    omniscient: bool = False
+    malicious_fraction: float = 0.0
 
     def setup(self, context: PipelineContext) -> None:
         """Called once, before the first step."""
@@ -140,6 +159,11 @@ class UpdateTransform:
         `current` before it: what the virtual clock times an upload by, known before training.
         An encoder whose payload size depends only on the update's length overrides it."""
         return current
+
+    def on_step(self, updates: list[ClientUpdate], record: StepRecord) -> list[ClientUpdate]:
+        """An omniscient transform's view of the whole step: every update, sorted by client id
+        (also other processes' under the distributed backend); returns them, changed."""
+        return updates
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         """Combine per-step state held by every process (distributed backend), like the aggregator."""
@@ -194,9 +218,16 @@ class UpdatePipeline:
         self.sink = sink if sink is not None and sink.reads_updates else None
         self.record: StepRecord | None = None
         self.aborted = False
+        omniscient = [i for i, t in enumerate(self.transforms) if t.omniscient]
+        if len(omniscient) > 1:
+            raise ValueError("at most one omniscient transform per pipeline (one attack sees the step)")
+        #: Position of the omniscient transform; the updates of a step wait there until `result`.
+        self._view_at: int | None = omniscient[0] if omniscient else None
+        self._held: list[ClientUpdate] | None = None
 
     def setup(self, context: PipelineContext) -> None:
         self.context = context
+        self.aggregator.setup(context.seed)
         for transform in self.transforms:
             transform.setup(context)
 
@@ -208,6 +239,8 @@ class UpdatePipeline:
         self.aborted = False
         like = torch.zeros(self.context.layout.size, device=self.context.device, dtype=self.context.dtype)
         self.aggregator.reset(like=like)
+        self.aggregator.begin_step(step)
+        self._held = [] if self._view_at is not None else None
         for transform in self.transforms:
             transform.begin(self.record)
         return self.record
@@ -216,7 +249,20 @@ class UpdatePipeline:
         """Take one client's update: transforms, bookkeeping, then into the aggregator (streaming)."""
         assert self.record is not None, "accept() before begin()"
         self.record.contributors.append(update.client_id)
-        for transform in self.transforms:
+        if self._held is None:
+            self._deliver(update, self.transforms)
+            return
+        # An omniscient transform comes: apply the ones before it, then wait for the whole step.
+        # A copy: a backend may reuse the buffer an update arrived in for the next client.
+        for transform in self.transforms[: self._view_at]:
+            update = transform.on_update(update, self.record)
+        update.delta = update.delta.detach().clone()
+        self._held.append(update)
+
+    def _deliver(self, update: ClientUpdate, transforms: Sequence[UpdateTransform]) -> None:
+        """`transforms`, then the strategy's bookkeeping, then into the aggregator."""
+        assert self.record is not None
+        for transform in transforms:
             update = transform.on_update(update, self.record)
         if self.sink is not None:
             self.sink.on_update(update)
@@ -232,11 +278,34 @@ class UpdatePipeline:
             size = transform.upload_bytes(numel, size)
         return size
 
+    def _release(self, view: list[ClientUpdate], mine: set[int] | None = None) -> None:
+        """The omniscient transform sees `view` (the whole step, by client id); this process's
+        updates (`mine`; None: all of them) then go down the rest of the path in client-id order."""
+        assert self.record is not None and self._view_at is not None
+        updates = self.transforms[self._view_at].on_step(sorted(view, key=lambda u: u.client_id), self.record)
+        self._held = None
+        rest = self.transforms[self._view_at + 1 :]
+        for update in updates:
+            if mine is None or update.client_id in mine:
+                self._deliver(update, rest)
+
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         """Combine the partial step state of all processes (distributed backend)."""
+        if self._held is not None:
+            # The omniscient transform's view is every process's updates: gather them, let it act
+            # on the same view everywhere, and pass on this process's own (merged below).
+            held = self._held
+            like = torch.zeros(self.context.layout.size, device=self.context.device, dtype=self.context.dtype)
+            deltas, weights, ids = all_gather_updates(
+                [u.delta for u in held], [float(u.num_samples) for u in held], [u.client_id for u in held], like, group
+            )
+            mine = {u.client_id for u in held}
+            others = [ClientUpdate(k, d, int(w), 0) for d, w, k in zip(deltas, weights, ids) if k not in mine]
+            self._release(held + others, mine)
         self.aggregator.merge(group)
         for transform in self.transforms:
-            transform.merge(group)
+            if not transform.omniscient:  # it saw the whole step on every process: nothing to merge
+                transform.merge(group)
         assert self.record is not None
         parts: list[Any] = [None] * dist.get_world_size(group)
         dist.all_gather_object(parts, self.record.contributors, group=group)
@@ -245,6 +314,8 @@ class UpdatePipeline:
     @property
     def count(self) -> int:
         """Updates received this step (on this process, before a merge)."""
+        if self._held is not None:
+            return len(self._held)
         return self.aggregator.count
 
     def result(self) -> Tensor | None:
@@ -257,6 +328,8 @@ class UpdatePipeline:
         aggregation with too few survivors).
         """
         assert self.record is not None
+        if self._held is not None:
+            self._release(self._held)
         count = self.aggregator.count
         if count == 0 and any(t.releases_empty_steps for t in self.transforms):
             aggregate: Tensor | None = torch.zeros(
@@ -277,11 +350,18 @@ class UpdatePipeline:
         metrics: dict[str, float] = {}
         for transform in self.transforms:
             metrics.update(transform.step_metrics())
+        metrics.update(self.aggregator.step_metrics())
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"transforms": [t.state_dict() for t in self.transforms]}
+        state: dict[str, Any] = {"transforms": [t.state_dict() for t in self.transforms]}
+        aggregator = self.aggregator.state_dict()
+        if aggregator:  # a reducer with memory between steps (centered clipping's centre)
+            state["aggregator"] = aggregator
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for transform, transform_state in zip(self.transforms, state.get("transforms", [])):
             transform.load_state_dict(transform_state)
+        if "aggregator" in state:
+            self.aggregator.load_state_dict(state["aggregator"])

@@ -4,12 +4,10 @@ the all_gather merge of the distributed backend (two gloo processes)."""
 from __future__ import annotations
 
 import itertools
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from fedtorch.aggregators import (
     Bulyan,
@@ -24,6 +22,7 @@ from fedtorch.aggregators import (
     pairwise_sq_distances,
 )
 from fedtorch.strategies import FedAvg
+from tests._gloo import run_two_processes
 from tests._server import Server
 
 
@@ -152,11 +151,7 @@ def _merge_worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_merge_all_gathers_stacks_of_different_sizes(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # fork: the children need not import torch again (spawn costs seconds per process)
-    mp.start_processes(_merge_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    run_two_processes(_merge_worker, tmp_path)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     rows = _updates_for(0) + _updates_for(1)
     weights = [1.0, 2.0, 3.0, 11.0]
@@ -185,3 +180,16 @@ def test_robust_reducers_agree_with_the_mean_on_identical_updates(robust):
     rows = [[0.5, -2.0, 3.0]] * 4
     for a, b in itertools.combinations([WeightedMean(), robust()], 2):
         assert reduce(a, rows).tolist() == pytest.approx(reduce(b, rows).tolist())
+
+
+def test_declared_tolerances_are_the_reducers_breakdown_points():
+    # A strict minority for the medians; as many as trimmed at each end; the configured f for the
+    # Krum family; the mean claims nothing (compatibility then lets any attack through, as a baseline).
+    assert [CoordinateMedian().tolerates(n) for n in (9, 10, 11)] == [4, 4, 5]
+    assert [GeometricMedian().tolerates(n) for n in (9, 10)] == [4, 4]
+    assert [TrimmedMean(beta=0.2).tolerates(n) for n in (10, 24, 25)] == [2, 4, 5]
+    assert Krum(f=3).tolerates(20) == 3 and MultiKrum(f=2).tolerates(20) == 2 and Bulyan(f=2).tolerates(20) == 2
+    assert WeightedMean().tolerates(10) is None and WeightedSum().tolerates(10) is None
+    # The default declarations of a plain reducer.
+    mean = WeightedMean()
+    assert mean.bucket_size == 1 and not mean.needs_server_update and mean.state_dict() == {}

@@ -9,7 +9,9 @@ An attack has two halves, both optional:
 - `poison(federation)`: data poisoning (label flipping, backdoor triggers): the malicious clients'
   samples are replaced by poisoned copies appended to the train tensors, so every backend trains
   them as ordinary data and honest clients' data is untouched;
-- `tamper(step, update)`: model poisoning (sign flipping, Gaussian updates, scaling).
+- `tamper(step, update)`: model poisoning (sign flipping, Gaussian updates, scaling);
+- or, for colluding attackers that see the honest clients' updates first (ALIE, IPM, min-max,
+  Fang et al.), `craft(step, benign, honest)` in `fedtorch.attacks.omniscient.OmniscientAttack`.
 
 The attackers are fixed by `bind(num_clients, seed)`, which the experiment calls before poisoning
 the data (the constructor does it when both are given); `setup` binds from the pipeline context.
@@ -50,6 +52,7 @@ class Attack(UpdateTransform):
 
     def __init__(self, fraction: float = 0.2, num_clients: int | None = None, seed: int | None = None) -> None:
         self.fraction = check_number("attack.fraction", fraction, 0.0, 1.0)
+        self.malicious_fraction = self.fraction  # the declaration fedtorch.compatibility reads
         self.attackers: frozenset[int] = frozenset()
         self.seed = 0
         self._bound: tuple[int, int] | None = None
