@@ -1,6 +1,7 @@
 """Federated strategies: one algorithm per module, client and server halves together."""
 
 from fedtorch.strategies.base import Strategy, StrategyContext
+from fedtorch.strategies.cyclic import Cyclic
 from fedtorch.strategies.ditto import Ditto
 from fedtorch.strategies.fedavg import FedAvg
 from fedtorch.strategies.feddyn import FedDyn
@@ -13,6 +14,7 @@ from fedtorch.strategies.scaffold import Scaffold
 
 __all__ = [
     "QFFL",
+    "Cyclic",
     "Ditto",
     "FedAdagrad",
     "FedAdam",
