@@ -3,6 +3,7 @@
 `Yogi` (Zaheer et al. 2018, "Adaptive Methods for Nonconvex Optimization") is FedYogi's server
 optimizer, and `AdamNoBiasCorrection` FedAdam's in the form Reddi et al. 2021 ("Adaptive
 Federated Optimization", Algorithm 2) print: no bias correction, v_{-1} = tau^2.
+`AdagradMomentum` is FedAdagrad with Algorithm 2's first moment (torch's Adagrad has none).
 """
 
 from __future__ import annotations
@@ -155,5 +156,64 @@ class AdamNoBiasCorrection(Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.mul_(beta1).add_(grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-group["lr"])
+        return loss
+
+
+class AdagradMomentum(Optimizer):
+    """Adagrad with a first moment, as Reddi et al. 2021 print FedAdagrad (Algorithm 2), per coordinate:
+
+        m_t = beta1 * m_{t-1} + (1 - beta1) * g
+        v_t = v_{t-1} + g^2
+        x_t = x_{t-1} - lr * m_t / (sqrt(v_t) + eps)
+
+    with m_{-1} = 0 and v_{-1} = `initial_accumulator_value` (the paper's tau^2). beta1 = 0 is
+    `torch.optim.Adagrad` (with lr_decay 0); FLamby's FedAdagrad uses beta1 = 0.9 and v_{-1} = 0.
+
+    Args:
+        lr: learning rate (FedAdagrad's server learning rate eta).
+        beta1: decay of the first moment, in [0, 1).
+        eps: added to sqrt(v_t) (FedAdagrad's adaptivity tau).
+        initial_accumulator_value: v_{-1}.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1e-1,
+        beta1: float = 0.9,
+        eps: float = 1e-3,
+        initial_accumulator_value: float = 1e-6,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"Adagrad lr={lr} must be > 0")
+        if not 0.0 <= beta1 < 1.0:
+            raise ValueError(f"Adagrad beta1={beta1} must be in [0, 1)")
+        if eps <= 0 or initial_accumulator_value < 0:
+            raise ValueError(f"Adagrad eps={eps} must be > 0 and initial_accumulator_value >= 0")
+        defaults = dict(lr=lr, beta1=float(beta1), eps=eps, initial_accumulator_value=initial_accumulator_value)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1 = group["beta1"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["sum"] = torch.full_like(p, group["initial_accumulator_value"])
+                state["step"] += 1
+                m, v = state["exp_avg"], state["sum"]
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.addcmul_(grad, grad)
                 p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-group["lr"])
         return loss
