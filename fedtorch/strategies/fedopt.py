@@ -149,6 +149,8 @@ class FedAdagrad(Strategy):
         server_lr: eta.
         tau: adaptivity (paper: 1e-3 .. 1e-1).
         beta1: decay of the first moment, in [0, 1); 0 for none.
+        initial_accumulator_value: v_0; None is Algorithm 2's tau^2. Reddi et al.'s experiments
+            (Keras Adagrad) and FLamby start from 0.
     """
 
     name = "fedadagrad"
@@ -160,11 +162,14 @@ class FedAdagrad(Strategy):
         aggregator: Aggregator | None = None,
         weighted: bool = True,
         beta1: float = 0.0,
+        initial_accumulator_value: float | None = None,
     ) -> None:
         check_number("strategy.tau", tau, 0.0, low_open=True)
         check_number("strategy.beta1", beta1, 0.0, 1.0, high_open=True)
+        v0 = check_number("strategy.initial_accumulator_value", initial_accumulator_value, 0.0, none=True)
+        v0 = tau * tau if v0 is None else v0
         if beta1 == 0:
-            factory = functools.partial(torch.optim.Adagrad, eps=tau, initial_accumulator_value=tau * tau)
+            factory = functools.partial(torch.optim.Adagrad, eps=tau, initial_accumulator_value=v0)
         else:
-            factory = functools.partial(AdagradMomentum, beta1=beta1, eps=tau, initial_accumulator_value=tau * tau)
+            factory = functools.partial(AdagradMomentum, beta1=beta1, eps=tau, initial_accumulator_value=v0)
         super().__init__(factory, server_lr=server_lr, aggregator=aggregator, weighted=weighted)

@@ -53,3 +53,14 @@ def test_beta1_zero_is_torch_adagrad():
 def test_bad_beta1_is_refused():
     with pytest.raises(OptionError, match=r"strategy.beta1=1.0 is invalid"):
         FedAdagrad(beta1=1.0)
+
+
+def test_initial_accumulator_value():
+    """v_0 = 0 (Keras's Adagrad, FLamby) against Algorithm 2's default tau^2: the first step
+    differs, by hand: eta d / (sqrt(v_0 + d^2) + tau)."""
+    eta, tau, d = 0.3, 0.1, torch.tensor([0.05, -0.2])
+    for v0, expected_v0 in ((0.0, 0.0), (None, tau * tau)):
+        server = Server(FedAdagrad(server_lr=eta, tau=tau, initial_accumulator_value=v0), [0.0, 0.0])
+        server.round(1, [d.tolist()])
+        expected = eta * d / ((expected_v0 + d * d).sqrt() + tau)
+        torch.testing.assert_close(server.vector, expected, rtol=1e-6, atol=1e-7)
