@@ -67,7 +67,32 @@ def test_scores_agree_with_fedtorchs_evaluation(baselines, tmp_path: Path, keep_
         test = pooled_stats if row["baseline"] == "pooled" else baselines.flamby_data(str(shared_data_dir()), "center")
         weighted = float(np.dot(baselines.hospital_accuracies(model, test), test_sizes) / test_sizes.sum())
         assert weighted == pytest.approx(summary["metrics"]["eval/accuracy"], abs=1e-9)
+        assert row["eval_accuracy"] == summary["metrics"]["eval/accuracy"]
         per_hospital = [row[f"test_{h}"] for h in baselines.HOSPITALS]
         assert row["hospital_mean"] == pytest.approx(np.mean(per_hospital))
+    assert rows[0]["pooled_test"] == pytest.approx(rows[0]["eval_accuracy"], abs=1e-9)  # pooled: the same test set
     assert (tmp_path / "baselines.csv").read_text().startswith("baseline,seed,pooled_test")
     assert "| pooled | 0 |" in baselines.table(rows)
+
+
+def test_flamby_procedure_gives_flambys_published_numbers() -> None:
+    """FLamby's single-centre training in plain torch (flamby_reference.py) on fedtorch's features,
+    with FLamby's seed 42, gives FLamby's published per-hospital accuracies (heart_seed42.csv,
+    "Local 2" and "Local 3"): fedtorch's split and standardization are FLamby's, patient for patient.
+    (It relies on torch's seeded initialization and DataLoader shuffling, stable across versions.)"""
+    if not (shared_data_dir() / "heart_disease").is_dir():
+        pytest.skip("the heart disease files are missing")
+    reference = _load("experiments/fed_heart_disease/flamby_reference.py")
+    from fedtorch.data.heart_disease import load_heart_disease
+
+    center = load_heart_disease(str(shared_data_dir()), normalize="center", split="flamby")
+    pooled = load_heart_disease(str(shared_data_dir()), normalize="pooled", split="flamby")
+    groups = np.asarray(center.train_groups)
+    published = {  # flamby/results/results_benchmark_fed_heart_disease/heart_seed42.csv
+        2: ([0.5673076923076923, 0.4606741573033708, 0.8125, 0.6666666666666666], 0.5236220472440944),
+        3: ([0.5961538461538461, 0.47191011235955055, 0.875, 0.7555555555555555], 0.5826771653543307),
+    }
+    for k, (per_hospital, pooled_test) in published.items():
+        model = reference.flamby_train(center.train_x[groups == k], center.train_y[groups == k], seed=42)
+        assert reference.accuracies(model, center) == pytest.approx(per_hospital, abs=1e-9)
+        assert reference.pooled_accuracy(model, pooled) == pytest.approx(pooled_test, abs=1e-9)
