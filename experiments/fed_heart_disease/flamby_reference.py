@@ -5,9 +5,9 @@ its model (`Linear(13, 1)` + sigmoid), seeds again, and trains it with `train_si
 Adam at lr 0.001 over `DataLoader(batch_size=4, shuffle=True)` for 50 epochs with `BCELoss`. The
 pooled model trains on the pooled-standardized train patients, a local model on one hospital's;
 each is scored on every hospital's test patients (standardized with that hospital's statistics)
-and on the pooled test set (standardized with the pooled statistics, whichever model it is). This script repeats that procedure line for
-line on the features of `fedtorch.data.heart_disease` (`split="flamby"`), without fedtorch's
-training loop:
+and on the pooled test set (standardized with the pooled statistics, whichever model it is).
+This script repeats that procedure line for line on the features of `fedtorch.data.heart_disease`
+(`split="flamby"`), without fedtorch's training loop:
 
     python experiments/fed_heart_disease/flamby_reference.py --seeds 42 43 44 45 46
 
