@@ -21,12 +21,14 @@ class OptionError(ValueError):
 
 
 # -- checks constructors use, so every bad value is refused where it is used ----------------------
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer, not a bool."""
     # bool is an int in Python, but `rounds=true` is a typo, not 1 round
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -53,7 +55,7 @@ def check_number(
     """
     if value is None and none:
         return None
-    ok = _is_number(value)
+    ok = is_number(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -76,7 +78,7 @@ def check_int(key: str, value: Any, low: int | None = None, *, none: bool = Fals
     """`value` if it is an integer >= `low` (None admitted with `none=True`); else OptionError."""
     if value is None and none:
         return None
-    ok = _is_int(value) and (low is None or value >= low)
+    ok = is_int(value) and (low is None or value >= low)
     if not ok:
         allowed = "an integer" + (f" >= {low}" if low is not None else "") + extra + (", or null" if none else "")
         raise OptionError(key, value, allowed)

@@ -103,6 +103,43 @@ def expected_total_weight(
     return float(sampler.inclusion_probabilities() @ client_sizes.astype(np.float64)) * report_probability
 
 
+def pipeline_context(
+    strategy: Strategy,
+    transforms: Sequence[UpdateTransform],
+    sampler: ClientSampler,
+    sizes: np.ndarray,
+    layout: Any,
+    global_vector: Tensor,
+    seed: int,
+    rounds: int,
+    pipeline: UpdatePipeline,
+) -> PipelineContext:
+    """What the transforms may know about the run, from the (set-up) sampler and the strategy."""
+    report = sampler.report_probability() * math.prod(t.report_probability for t in transforms)
+    try:
+        sampling: Any = sampling_of(sampler)
+    except ValueError as error:  # only a privacy accountant needs it, and says so
+        sampling = str(error)
+    total = None
+    if not strategy.sets_weights:
+        total = expected_total_weight(sampler, sizes, uses_sample_weights(strategy, transforms), report)
+    return PipelineContext(
+        layout=layout,
+        num_clients=len(sizes),
+        client_sizes=sizes,
+        device=global_vector.device,
+        dtype=global_vector.dtype,
+        seed=seed,
+        rounds=rounds,
+        expected_cohort=sampler.expected_cohort_size(),
+        report_probability=report,
+        weighting=pipeline.weighting,
+        expected_total_weight=total,
+        server_lr=strategy.server_lr,
+        sampling=sampling,
+    )
+
+
 class Simulation:
     """One federated experiment.
 
@@ -179,28 +216,9 @@ class Simulation:
             self.global_vector,
         )
         self.pipeline = UpdatePipeline(transforms, strategy.aggregator, weighting_for(strategy, transforms), strategy)
-        report = sampler.report_probability() * math.prod(t.report_probability for t in transforms)
-        try:
-            sampling: Any = sampling_of(sampler)
-        except ValueError as error:  # only a privacy accountant needs it, and says so
-            sampling = str(error)
         self.pipeline.setup(
-            PipelineContext(
-                layout=layout,
-                num_clients=len(sizes),
-                client_sizes=sizes,
-                device=self.device,
-                dtype=self.global_vector.dtype,
-                seed=seed,
-                rounds=rounds,
-                expected_cohort=sampler.expected_cohort_size(),
-                report_probability=report,
-                weighting=self.pipeline.weighting,
-                expected_total_weight=None
-                if strategy.sets_weights
-                else expected_total_weight(sampler, sizes, uses_sample_weights(strategy, transforms), report),
-                server_lr=strategy.server_lr,
-                sampling=sampling,
+            pipeline_context(
+                strategy, transforms, sampler, sizes, layout, self.global_vector, seed, rounds, self.pipeline
             )
         )
         self.backend.setup(self.runner)

@@ -16,7 +16,6 @@ data folders, are turned into the same kind of one-line message by `describe_hyd
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -25,20 +24,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fedtorch.errors import OptionError
+from fedtorch.errors import OptionError, is_int, is_number  # noqa: F401  (is_*: used below and re-exported)
 
 #: A bad configuration value: the message names the key, the value and what is allowed. The same
 #: type as the library's `OptionError`, so a constructor's refusal is a config error as it stands.
 ConfigError = OptionError
-
-
-# -- predicates (bool is an int in Python, but `rounds=true` is a typo, not 1 round) --------------
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require(cfg: DictConfig, key: str, ok: bool, allowed: str) -> None:

@@ -8,23 +8,41 @@ the aggregator) and takes the server step, exactly as `Simulation.run_round` doe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from fedtorch.client import ClientUpdate, OptimizerSettings
-from fedtorch.compatibility import check_composition, uses_sample_weights, weighting_for
+from fedtorch.compatibility import check_composition, weighting_for
 from fedtorch.params import VectorLayout
-from fedtorch.pipeline import PipelineContext, UpdatePipeline, UpdateTransform
+from fedtorch.pipeline import UpdatePipeline, UpdateTransform
 from fedtorch.samplers import FullParticipation
+from fedtorch.simulation import pipeline_context
 from fedtorch.strategies.base import Strategy, StrategyContext
 
 
 def flat_layout(size: int) -> VectorLayout:
     """One parameter tensor of `size` values."""
     return VectorLayout(names=("w",), shapes=(torch.Size([size]),), offsets=(0,), num_params=size, size=size)
+
+
+class _Everyone(FullParticipation):
+    """Every client, with an expected cohort and a report probability as the test says."""
+
+    def __init__(self, expected_cohort: float | None, report_probability: float) -> None:
+        super().__init__()
+        self._expected = expected_cohort
+        self._report = report_probability
+
+    def expected_cohort_size(self) -> float:
+        return float(self.num_clients) if self._expected is None else float(self._expected)
+
+    def report_probability(self) -> float:
+        return self._report
+
+    def inclusion_probabilities(self) -> np.ndarray:
+        return np.full(self.num_clients, self.expected_cohort_size() / self.num_clients)
 
 
 class Server:
@@ -60,31 +78,15 @@ class Server:
         layout = flat_layout(vector.numel())
         local = OptimizerSettings(name="SGD", lr=local_lr)
         transforms = list(transforms)
+        sampler = _Everyone(expected_cohort, report_probability)
+        sampler.setup(sizes)
         if check:
-            sampler = FullParticipation()
-            sampler.setup(sizes)
             check_composition(strategy, strategy.aggregator, transforms, sampler, local)
         strategy.setup(StrategyContext(len(sizes), sizes, layout, local, vector.device, seed), vector)
         self.pipeline = UpdatePipeline(transforms, strategy.aggregator, weighting_for(strategy, transforms), strategy)
-        cohort = float(len(sizes)) if expected_cohort is None else float(expected_cohort)
-        # As Simulation: P(report) over every dropout source, the transforms' included.
-        report_probability *= math.prod(t.report_probability for t in transforms)
-        weights = sizes.sum() if uses_sample_weights(strategy, transforms) else len(sizes)
+        # The context Simulation builds, from a sampler that picks everyone (or E[m] as given).
         self.pipeline.setup(
-            PipelineContext(
-                layout=layout,
-                num_clients=len(sizes),
-                client_sizes=sizes,
-                device=vector.device,
-                dtype=vector.dtype,
-                seed=seed,
-                rounds=100,
-                expected_cohort=cohort,
-                report_probability=report_probability,
-                weighting=self.pipeline.weighting,
-                expected_total_weight=float(weights) * cohort / len(sizes) * report_probability,
-                server_lr=strategy.server_lr,
-            )
+            pipeline_context(strategy, transforms, sampler, sizes, layout, vector, seed, 100, self.pipeline)
         )
 
     def round(
