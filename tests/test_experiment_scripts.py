@@ -96,3 +96,38 @@ def test_flamby_procedure_gives_flambys_published_numbers() -> None:
         model = reference.flamby_train(center.train_x[groups == k], center.train_y[groups == k], seed=42)
         assert reference.accuracies(model, center) == pytest.approx(per_hospital, abs=1e-9)
         assert reference.pooled_accuracy(model, pooled) == pytest.approx(pooled_test, abs=1e-9)
+
+
+def test_fedprox_figure_summarizes_each_run_by_hand() -> None:
+    """experiments/fedprox_synthetic/figure.py: the table's numbers from hand-made curves."""
+    import pandas as pd
+
+    figure = _load("experiments/fedprox_synthetic/figure.py")
+    rounds = list(range(1, 21))
+    frames = []
+    for path, seed, loss in (("a", 0, [2.0] * 10 + [1.0] * 10), ("b", 1, [2.0] * 10 + [3.0] * 10)):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "run/path": path,
+                    "seed": seed,
+                    "round": rounds,
+                    "eval/train_loss": loss,
+                    "eval/accuracy": [0.5] * 19 + [0.9],
+                    "federation": "1_1",
+                    "stragglers": 0.9,
+                    "method": "FedProx mu=1",
+                }
+            )
+        )
+    table = figure.final_table(pd.concat(frames))
+    row = table.iloc[0]
+    assert (row["stragglers"], row["method"], row["seeds"]) == ("90%", "FedProx mu=1", 2)
+    assert row["loss10"] == pytest.approx(2.0)  # runs a (1.0) and b (3.0): mean 2, std sqrt(2)
+    assert row["loss10 std"] == pytest.approx(2**0.5)
+    assert row["loss_half"] == pytest.approx(2.0)  # rounds 11-20 are the second half here
+    assert row["acc10"] == pytest.approx((0.5 * 9 + 0.9) / 10)
+    assert row["acc_min_half"] == pytest.approx(0.5)
+    assert figure.method_of(pd.Series({"strategy": "fedprox", "strategy.mu": 1.0})) == "FedProx mu=1"
+    assert figure.method_of(pd.Series({"strategy": "fedavg"})) == "FedAvg (drops stragglers)"
+    assert "| 1_1 | 90% | FedProx mu=1 | 2 | 2.000 ± 1.414 |" in figure.markdown(table)
