@@ -8,8 +8,8 @@ unstable method shows, and the accuracy's range over the second half).
     python experiments/fedprox_synthetic/figure.py outputs/repro/fedprox --out experiments/fedprox_synthetic
 
 Reads the runs with `fedtorch.results` (any folder tree of run folders made by the commands of
-experiments/fedprox_synthetic/README.md) and writes `<out>/fedprox_<federation>.png` and
-`<out>/fedprox_table.md`.
+experiments/fedprox_synthetic/README.md), writes `<out>/fedprox_<federation>.png` and prints the
+table (markdown).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def figure(curves: pd.DataFrame, federation: str, path: Path) -> None:
     axes[0, 0].set_ylim(0.3, 2.5)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
@@ -134,9 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for federation in sorted(curves["federation"].unique()):
         figure(curves, federation, args.out / f"fedprox_{federation}.png")
-    text = markdown(final_table(curves))
-    (args.out / "fedprox_table.md").write_text(text + "\n")
-    print(text)
+    print(markdown(final_table(curves)))
 
 
 if __name__ == "__main__":
