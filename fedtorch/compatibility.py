@@ -4,7 +4,7 @@ Every component declares what it needs or does (class attributes, not guesses fr
 a subclass overrides):
 
 - strategies (`fedtorch.strategies.base.Strategy`): `reads_updates`, `changes_local_training`,
-  `keeps_client_state`, `needs_fixed_cohort`, `sets_weights`, `local_optimizers`;
+  `keeps_client_state`, `needs_fixed_cohort`, `cohort_size`, `sets_weights`, `local_optimizers`;
 - transforms (`fedtorch.pipeline.UpdateTransform`): `sum_only`, `needs_uniform_weights`,
   `needs_mean`, `omniscient`, `malicious_fraction`;
 - aggregators: `needs_all_updates`, `reads_individual_updates`, `min_updates`, `bucket_size`,
@@ -137,6 +137,13 @@ def check_composition(
     if strategy.needs_fixed_cohort and sampler.fixed_cohort_size() is None:
         raise OptionError(
             "sampler", names.get("sampler", type(sampler).__name__), f"strategy={strategy_name} needs a fixed cohort"
+        )
+    if strategy.cohort_size is not None and sampler.fixed_cohort_size() != strategy.cohort_size:
+        raise OptionError(
+            "sampler",
+            names.get("sampler", type(sampler).__name__),
+            f"strategy={strategy_name} trains exactly {strategy.cohort_size} client(s) a round, every round "
+            f"(e.g. sampler=cyclic sampler.clients_per_round={strategy.cohort_size}, no dropout)",
         )
     if strategy.local_optimizers is not None and local_optimizer.name not in strategy.local_optimizers:
         raise OptionError(

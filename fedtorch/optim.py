@@ -2,7 +2,8 @@
 
 `Yogi` (Zaheer et al. 2018, "Adaptive Methods for Nonconvex Optimization") is FedYogi's server
 optimizer, and `AdamNoBiasCorrection` FedAdam's in the form Reddi et al. 2021 ("Adaptive
-Federated Optimization", Algorithm 2) print: no bias correction, v_{-1} = tau^2. Both are one
+Federated Optimization", Algorithm 2) print: no bias correction, v_{-1} = tau^2; `AdagradMomentum`
+is FedAdagrad with Algorithm 2's first moment (torch's Adagrad has none). All three are one
 adaptive step with a different second-moment rule (`_AdaptiveOptimizer`).
 """
 
@@ -155,3 +156,37 @@ class AdamNoBiasCorrection(_AdaptiveOptimizer):
     @staticmethod
     def second_moment(v: Tensor, grad: Tensor, beta2: float) -> None:
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+
+class AdagradMomentum(_AdaptiveOptimizer):
+    """Adagrad with a first moment, as Reddi et al. 2021 print FedAdagrad (Algorithm 2), per coordinate:
+
+        m_t = beta1 * m_{t-1} + (1 - beta1) * g
+        v_t = v_{t-1} + g^2
+        x_t = x_{t-1} - lr * m_t / (sqrt(v_t) + eps)
+
+    with m_{-1} = 0 and v_{-1} = `initial_accumulator_value` (the paper's tau^2), no bias
+    correction. beta1 = 0 is `torch.optim.Adagrad` (with lr_decay 0); FLamby's FedAdagrad uses
+    beta1 = 0.9 and v_{-1} = 0.
+
+    Args:
+        lr: learning rate (FedAdagrad's server learning rate eta).
+        beta1: decay of the first moment, in [0, 1).
+        eps: added to sqrt(v_t) (FedAdagrad's adaptivity tau).
+        initial_accumulator_value: v_{-1}.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1e-1,
+        beta1: float = 0.9,
+        eps: float = 1e-3,
+        initial_accumulator_value: float = 1e-6,
+    ) -> None:
+        # beta2 is unused: Adagrad's second moment is a plain sum.
+        super().__init__(params, lr, (beta1, 0.0), eps, initial_accumulator_value, bias_correction=False)
+
+    @staticmethod
+    def second_moment(v: Tensor, grad: Tensor, beta2: float) -> None:
+        v.addcmul_(grad, grad)

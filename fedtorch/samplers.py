@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from fedtorch.errors import OptionError, check_choice, check_int, check_number
+from fedtorch.errors import OptionError, check_choice, check_int, check_number, require
+from fedtorch.seeding import numpy_rng
 
 #: Federations of at most this many clients keep each sampler's original draw (bit for bit); larger
 #: ones get the O(cohort) algorithm with the same distribution (see the module docstring).
@@ -388,17 +389,48 @@ class PoissonSampler(ClientSampler):
 
 
 class CyclicSampler(_FixedSizeSampler):
-    """Round-robin: round r takes the m clients (r-1)*m, ..., r*m - 1 (mod K), in id order.
+    """Round-robin: round r takes the m clients at positions (r-1)*m, ..., r*m - 1 of the order.
 
     Every client takes part equally often and at predictable times: the deterministic
     counterpart of uniform sampling (cyclic participation, as in Cho et al. 2023, "On the
     Convergence of Federated Averaging with Cyclic Client Participation"). It draws nothing
     from `rng` for the selection.
+
+    The order is the clients' ids, 0, 1, ..., K-1, repeated; with `shuffle` every pass over the
+    K clients (a cycle) takes them in a new random order, as FLamby's Cyclic strategy does with
+    `deterministic_cycle=False` (one client a round: `clients_per_round=1`). Cycle c's order is
+    drawn from (`seed`, "cyclic_order", c) alone, so any round's clients follow from the seed and
+    the round.
+
+    Args:
+        shuffle: a fresh random order for every cycle (False: id order).
+        seed: the root of the cycles' orders (the run's seed, `${seed}` in the config).
     """
 
+    def __init__(self, *args: Any, shuffle: bool = False, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        require("sampler.shuffle", shuffle, isinstance(shuffle, bool), "true or false")
+        self.shuffle = shuffle
+        self.seed = check_int("sampler.seed", seed)
+
+    def setup(self, client_sizes: np.ndarray) -> None:
+        super().setup(client_sizes)
+        if self.shuffle and self.num_clients % self.cohort_size:
+            # A round that straddled two cycles could draw one client twice (and be smaller).
+            raise OptionError(
+                "sampler.clients_per_round",
+                self.cohort_size,
+                f"a divisor of the number of clients ({self.num_clients}) with sampler.shuffle=true, so that "
+                "every round's clients come from one cycle",
+            )
+
     def sample(self, round_idx: int, rng: np.random.Generator) -> np.ndarray:
-        start = (round_idx - 1) * self.cohort_size
-        return np.unique((start + np.arange(self.cohort_size)) % self.num_clients)
+        positions = (round_idx - 1) * self.cohort_size + np.arange(self.cohort_size)
+        if not self.shuffle:
+            return np.unique(positions % self.num_clients)
+        cycles = positions // self.num_clients
+        orders = {c: numpy_rng(self.seed, "cyclic_order", c).permutation(self.num_clients) for c in set(cycles)}
+        return np.unique([orders[c][q % self.num_clients] for c, q in zip(cycles, positions)])
 
 
 class AvailabilitySampler(ClientSampler):

@@ -2,6 +2,7 @@
 
 from fedtorch.strategies.apfl import APFL
 from fedtorch.strategies.base import Strategy, StrategyContext
+from fedtorch.strategies.cyclic import Cyclic
 from fedtorch.strategies.ditto import Ditto
 from fedtorch.strategies.fedavg import FedAvg
 from fedtorch.strategies.fedavg_ft import FedAvgFT
@@ -26,6 +27,7 @@ __all__ = [
     "APFL",
     "MOON",
     "QFFL",
+    "Cyclic",
     "Ditto",
     "FedAdagrad",
     "FedAdam",

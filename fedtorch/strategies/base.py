@@ -80,6 +80,7 @@ class Strategy:
         changes_local_training: the client half trains differently from plain local SGD.
         keeps_client_state: clients keep state between turns (the `ClientStateStore`).
         needs_fixed_cohort: the algorithm assumes the same number of clients every round.
+        cohort_size: the algorithm trains exactly this many clients a round (Cyclic: 1), or None.
         sets_weights: `client_weight` is the algorithm's own, not sample counts or uniform.
         personalized: clients have their own models (`personal_vector`), evaluated as such.
         local_optimizers: the local optimizers the algorithm is derived for (class names, e.g.
@@ -91,6 +92,7 @@ class Strategy:
     changes_local_training: bool = False
     keeps_client_state: bool = False
     needs_fixed_cohort: bool = False
+    cohort_size: int | None = None
     sets_weights: bool = False
     personalized: bool = False
     local_optimizers: tuple[str, ...] | None = None

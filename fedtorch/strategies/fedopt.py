@@ -28,7 +28,7 @@ import torch
 
 from fedtorch.aggregators import Aggregator
 from fedtorch.errors import OptionError, check_number
-from fedtorch.optim import AdamNoBiasCorrection, Yogi
+from fedtorch.optim import AdagradMomentum, AdamNoBiasCorrection, Yogi
 from fedtorch.strategies.base import Strategy
 
 
@@ -139,12 +139,18 @@ class FedYogi(Strategy):
 class FedAdagrad(Strategy):
     """FedAdagrad: v += Delta^2; x += eta * Delta / (sqrt(v) + tau), with v_0 = tau^2.
 
-    This is Reddi et al.'s Algorithm 2 with beta1 = 0 (torch.optim.Adagrad has no first moment),
-    exactly: torch's Adagrad with initial_accumulator_value = tau^2 and eps = tau.
+    With beta1 = 0 (the default) this is Reddi et al.'s Algorithm 2 without its first moment,
+    exactly: torch's Adagrad with initial_accumulator_value = tau^2 and eps = tau (the Keras
+    Adagrad of their experiments has no momentum either). beta1 > 0 adds Algorithm 2's first
+    moment m = beta1 m + (1 - beta1) Delta, stepping x += eta * m / (sqrt(v) + tau)
+    (`fedtorch.optim.AdagradMomentum`; FLamby's FedAdagrad uses beta1 = 0.9).
 
     Args:
         server_lr: eta.
         tau: adaptivity (paper: 1e-3 .. 1e-1).
+        beta1: decay of the first moment, in [0, 1); 0 for none.
+        initial_accumulator_value: v_0; None is Algorithm 2's tau^2. Reddi et al.'s experiments
+            (Keras Adagrad) and FLamby start from 0.
     """
 
     name = "fedadagrad"
@@ -155,7 +161,15 @@ class FedAdagrad(Strategy):
         tau: float = 1e-3,
         aggregator: Aggregator | None = None,
         weighted: bool = True,
+        beta1: float = 0.0,
+        initial_accumulator_value: float | None = None,
     ) -> None:
         check_number("strategy.tau", tau, 0.0, low_open=True)
-        factory = functools.partial(torch.optim.Adagrad, eps=tau, initial_accumulator_value=tau * tau)
+        check_number("strategy.beta1", beta1, 0.0, 1.0, high_open=True)
+        v0 = check_number("strategy.initial_accumulator_value", initial_accumulator_value, 0.0, none=True)
+        v0 = tau * tau if v0 is None else v0
+        if beta1 == 0:
+            factory = functools.partial(torch.optim.Adagrad, eps=tau, initial_accumulator_value=v0)
+        else:
+            factory = functools.partial(AdagradMomentum, beta1=beta1, eps=tau, initial_accumulator_value=v0)
         super().__init__(factory, server_lr=server_lr, aggregator=aggregator, weighted=weighted)
