@@ -102,11 +102,11 @@ def test_a_compressor_encodes_only_the_sent_values(compressor):
     sent = torch.zeros(20, dtype=torch.bool)
     sent[5:13] = True
     delta[~sent] = 0
-    compressor.setup(type("C", (), {"seed": 0})())
+    compressor.setup(type("C", (), {"seed": 0, "dtype": torch.float32})())
     update = compressor.on_update(ClientUpdate(3, delta.clone(), 1, 1, sent=sent), StepRecord(1, (3,)))
     assert not update.delta[~sent].any()  # nothing outside the shared set is reconstructed
     alone = type(compressor)(**({"density": 0.5} if isinstance(compressor, TopK) else {"bits": 4, "bucket_size": None}))
-    alone.setup(type("C", (), {"seed": 0})())
+    alone.setup(type("C", (), {"seed": 0, "dtype": torch.float32})())
     reference = alone.on_update(ClientUpdate(3, delta[sent].clone(), 1, 1), StepRecord(1, (3,)))
     # The same as compressing the 8 shared values alone: same payload size, same decoded values.
     assert int(update.metrics["bytes_up"]) == int(reference.metrics["bytes_up"])
