@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fedtorch.clock import JobTiming
+from fedtorch.compression import CommunicationMeter
 from fedtorch.samplers import FullParticipation, UniformSampler
 from fedtorch.servers import Synchronous
 from fedtorch.simulation import Simulation
@@ -23,6 +24,7 @@ ENDS = [3.0, 4.0, 6.0, 10.0, 2.5, 18.0]
 
 
 def sim(server=None, clock=None, sampler=None, num_clients=6, rounds=2) -> Simulation:
+    # The byte meter is on, as in every run the CLI builds.
     return Simulation(
         _clocked.federation(num_clients),
         _clocked.model(),
@@ -33,6 +35,7 @@ def sim(server=None, clock=None, sampler=None, num_clients=6, rounds=2) -> Simul
         seed=5,
         clock=clock,
         server=server,
+        transforms=[CommunicationMeter()],
     )
 
 
@@ -58,6 +61,9 @@ def test_the_deadline_drops_exactly_the_clients_whose_time_exceeds_it():
     assert timed.pipeline.record.contributors == [0, 1, 2, 4]  # ends 3, 4, 6, 2.5 s; not 10 and 18 s
     assert metrics["round/late"] == 2.0 and metrics["round/clients"] == 4.0
     assert metrics["time/virtual_seconds"] == 7.0  # it waited for clients 3 and 5 until the deadline
+    # All 6 downloaded the model; only the 4 in time sent theirs back.
+    assert metrics["comm/bytes_down"] == 6 * _clocked.MODEL_BYTES
+    assert metrics["comm/bytes_up"] == 4 * _clocked.MODEL_BYTES
     torch.testing.assert_close(timed.global_vector, reference, rtol=1e-6, atol=1e-7)
     # A deadline of exactly 10 s keeps client 3 (a report counts when its time is <= the deadline).
     at_ten = sim(Synchronous(deadline=10.0), _clocked.clock(SPEEDS))
@@ -87,6 +93,10 @@ def test_over_selection_keeps_the_first_k_to_report():
     first = sorted(cohort, key=lambda k: (ends[k], k))[:3]
     assert sorted(timed.pipeline.record.contributors) == sorted(first)
     assert metrics["round/surplus"] == 1.0 and metrics["round/late"] == 0.0
+    # Over-selection's price: 4 downloads for 3 updates.
+    assert (
+        metrics["comm/bytes_down"] == 4 * _clocked.MODEL_BYTES and metrics["comm/bytes_up"] == 3 * _clocked.MODEL_BYTES
+    )
     assert metrics["time/virtual_seconds"] == max(ends[k] for k in first)  # the 3rd report ends the round
     # Without over-selection the same seed selects exactly the sampler's clients.
     plain = sim(Synchronous(), clock, UniformSampler(clients_per_round=3), num_clients=10)

@@ -31,7 +31,10 @@ def dense_bytes(tensor: Tensor) -> int:
 class CommunicationMeter(UpdateTransform):
     """Logs `comm/bytes_up`, `comm/bytes_down` (this round) and their running totals.
 
-    Place it last: it reads what the transforms before it encoded.
+    Place it last: it reads what the transforms before it encoded. Every client of the step's
+    cohort downloaded the model, also those whose update never reaches the meter (late under a
+    round deadline, over-selected beyond the first K, dropped by secure aggregation or an attack):
+    they count in `bytes_down` as much as a reporting client downloads.
     """
 
     group = "meter"
@@ -42,6 +45,9 @@ class CommunicationMeter(UpdateTransform):
         self.round_up = 0
         self.round_down = 0
         self.round_dense_up = 0
+        self.round_reports = 0  # updates that reached the meter this step (all processes after merge)
+        self._cohort_size = 0
+        self._default_down = 0
         self._open = False
 
     def setup(self, context: PipelineContext) -> None:
@@ -49,7 +55,9 @@ class CommunicationMeter(UpdateTransform):
         self.model_bytes = context.layout.size * self.element_size
 
     def begin(self, record: StepRecord) -> None:
-        self.round_up = self.round_down = self.round_dense_up = 0
+        self.round_up = self.round_down = self.round_dense_up = self.round_reports = 0
+        self._cohort_size = len(record.cohort)
+        self._default_down = record.download_bytes or self.model_bytes
         self._open = True
 
     def on_update(self, update: ClientUpdate, record: StepRecord) -> ClientUpdate:
@@ -64,16 +72,25 @@ class CommunicationMeter(UpdateTransform):
         self.round_up += up + extra
         self.round_dense_up += dense + extra
         self.round_down += down
+        self.round_reports += 1
         return update
 
     def merge(self, group: dist.ProcessGroup | None = None) -> None:
         parts: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(parts, (self.round_up, self.round_down, self.round_dense_up), group=group)
-        self.round_up, self.round_down, self.round_dense_up = (sum(p[i] for p in parts) for i in range(3))
+        mine = (self.round_up, self.round_down, self.round_dense_up, self.round_reports)
+        dist.all_gather_object(parts, mine, group=group)
+        self.round_up, self.round_down, self.round_dense_up, self.round_reports = (
+            sum(p[i] for p in parts) for i in range(4)
+        )
 
     def step_metrics(self) -> dict[str, float]:
         # Totals advance here, once per round, whether or not the server step ran.
         if self._open:
+            # The cohort's clients with no update here downloaded what a reporter did (the mean
+            # over the reporters: a partially shared model sends only its shared part down).
+            silent = max(self._cohort_size - self.round_reports, 0)
+            per_client = self.round_down // self.round_reports if self.round_reports else self._default_down
+            self.round_down += silent * per_client
             self.total_up += self.round_up
             self.total_down += self.round_down
             self._open = False
