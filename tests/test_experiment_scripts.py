@@ -131,3 +131,31 @@ def test_fedprox_figure_summarizes_each_run_by_hand() -> None:
     assert figure.method_of(pd.Series({"strategy": "fedprox", "strategy.mu": 1.0})) == "FedProx mu=1"
     assert figure.method_of(pd.Series({"strategy": "fedavg"})) == "FedAvg (drops stragglers)"
     assert "| 1_1 | 90% | FedProx mu=1 | 2 | 2.000 ± 1.414 |" in figure.markdown(table)
+
+
+def test_the_mcmahan_driver_picks_the_fastest_rate_and_counts_unreached_runs(tmp_path):
+    """experiments/mcmahan_mnist/run.py's table from hand-made run folders: the best rate is the
+    one with the fewest rounds to the target for seed 0 (ties: the smaller), its other seeds are
+    averaged, and a run that stopped without reaching the target is "not reached", never a count."""
+    driver = _load("experiments/mcmahan_mnist/run.py")
+    cell = tmp_path / "t1_iid_c0.1_b10"
+
+    def run(lr: float, seed: int, rounds: int, reached: bool) -> None:
+        folder = cell / f"lr{lr:g}_seed{seed}"
+        folder.mkdir(parents=True)
+        summary = {"rounds": rounds, "stop_reason": "target_reached" if reached else None, "wall_seconds": 10.0}
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    run(0.0464, 0, 105, True)
+    run(0.1, 0, 54, True)
+    run(0.215, 0, 36, True)
+    run(0.464, 0, 1000, False)
+    run(0.215, 1, 45, True)
+    run(0.215, 2, 1000, False)
+    assert driver.rounds_to_target(cell / "lr0.464_seed0") == float("inf")
+    row = next(line for line in driver.table(tmp_path).splitlines() if line.startswith("| t1_iid_c0.1_b10 "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "87"  # the published count beside ours
+    assert cells[2].startswith("0.215 (") and "0.464: -" in cells[2]
+    assert cells[3] == "36, 45, not reached"
+    assert cells[4] == "40 ± 6"  # mean ± std of the reached seeds (36, 45), not of the cap
