@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 #: name -> (preset, overrides, round cap, learning-rate grid, the published rounds (Table 1 / 2 of
-#: arXiv:1602.05629v4; None where the table gives none)).
+#: arXiv:1602.05629v4 as transcribed, unverified in this session: check the paper; None where it gives none)).
 B10 = (0.0464, 0.1, 0.215)
 BINF = (0.215, 0.464, 1.0)  # FedSGD at lr 1.0 stayed at 75% for 4000 rounds (measured)
 ONE = ["sampler.fraction=null", "sampler.clients_per_round=1"]
