@@ -186,9 +186,9 @@ class GeneratedFederation(Federation):
         )
 
 
-def _split_sizes(sizes: np.ndarray, train_fraction: float) -> np.ndarray:
-    """Train samples of a device of n: max(1, round(train_fraction * n)) (round half to even, as
-    Python's round and the eager generator)."""
+def train_split_sizes(sizes: np.ndarray, train_fraction: float) -> np.ndarray:
+    """Train samples of a device of n: max(1, round(train_fraction * n)), half to even; the eager
+    and the lazy FedProx generators both split by it."""
     return np.maximum(1, np.round(train_fraction * sizes)).astype(np.int64)
 
 
@@ -258,7 +258,7 @@ class FedProxSynthetic:
         if self.max_samples is not None:
             sizes = np.minimum(sizes, self.max_samples)
         self.sizes = sizes
-        self.train = _split_sizes(sizes, self.train_fraction)
+        self.train = train_split_sizes(sizes, self.train_fraction)
         shared = numpy_rng(self.seed, "fedprox_synthetic/shared")
         self.shared_w = shared.normal(0, 1, (self.num_features, self.num_classes))
         self.shared_b = shared.normal(0, 1, self.num_classes)

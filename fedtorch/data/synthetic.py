@@ -14,7 +14,13 @@ import numpy as np
 import torch
 
 from fedtorch.data.base import DatasetSplits
-from fedtorch.data.generated import DEFAULT_TEST_CLIENTS, FedProxSynthetic, GeneratedFederation, fedprox_device
+from fedtorch.data.generated import (
+    DEFAULT_TEST_CLIENTS,
+    FedProxSynthetic,
+    GeneratedFederation,
+    fedprox_device,
+    train_split_sizes,
+)
 from fedtorch.errors import OptionError
 
 #: `lazy: auto` generates FedProx Synthetic device by device above this many devices (eagerly at
@@ -100,10 +106,10 @@ def load_fedprox_synthetic(
     shared_b = rng.normal(0, 1, num_classes)
 
     xs_train, ys_train, gs_train, xs_test, ys_test, gs_test = [], [], [], [], [], []
-    for k, n in enumerate(sizes):
+    train_sizes = train_split_sizes(sizes, train_fraction)  # the lazy generator's split, so both agree
+    for k, (n, n_train) in enumerate(zip(sizes.tolist(), train_sizes.tolist())):
         shared = (shared_w, shared_b) if iid else None
-        x, y = fedprox_device(rng, int(n), num_features, num_classes, alpha, beta, shared)
-        n_train = max(1, int(round(train_fraction * n)))
+        x, y = fedprox_device(rng, n, num_features, num_classes, alpha, beta, shared)
         xs_train.append(x[:n_train])
         ys_train.append(y[:n_train])
         gs_train.append(np.full(n_train, k))
